@@ -1,0 +1,48 @@
+# Two commands for a newcomer: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+# One gitignored folder holds the Dagster instance and nomic's state (worktrees, demo copies, history).
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# Lets `dagster job execute -j nomic_cycle` find the definitions without -m.
+export DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME := nomic_dagster.definitions
+
+.PHONY: install demo test lint format bench dev clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf ../dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+## Run one cycle of nomic_cycle on the bundled demo repository and show what it committed.
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster job execute -j nomic_cycle
+	$(BIN)/nomic-report
+
+## The whole test suite (PostgreSQL tests skip when no server runs, unless NOMIC_REQUIRE_SERVICES=1).
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python benchmarks/cycle.py
+
+## The UI and the daemon (sensors, schedules, queued runs): http://127.0.0.1:3000
+dev: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(DAGSTER_HOME) .tmp_dagster_home_*

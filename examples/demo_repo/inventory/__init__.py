@@ -1,0 +1,1 @@
+"""A tiny inventory domain used as the nomic_dagster demo target."""

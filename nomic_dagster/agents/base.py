@@ -1,0 +1,60 @@
+"""The one agent protocol every backend implements (offline tools, LLM APIs, CLI agents).
+
+A cycle asks each agent, in order: propose -> critique the others -> vote (once before
+the critiques, once after) -> the winner designs -> the winner implements in the
+worktree. Agents never commit and are never trusted: the verify phase checks the final
+diff whatever an agent says about it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from nomic_dagster.records import Critique, Design, Goal, Proposal, RepoContext, Vote
+from nomic_dagster.settings import CycleSettings
+
+
+@dataclass(frozen=True)
+class WorkArea:
+    """What an implementing agent may use: its worktree, a scratch folder, the settings."""
+
+    worktree: Path
+    scratch: Path
+    settings: CycleSettings
+    context: RepoContext
+
+
+@runtime_checkable
+class Agent(Protocol):
+    name: str
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        """Improvements this agent can make here, best first; [] when it has nothing."""
+        ...
+
+    def critique(self, proposal: Proposal, context: RepoContext, goal: Goal) -> Critique:
+        """Judge another agent's proposal by this agent's own criterion."""
+        ...
+
+    def vote(
+        self,
+        proposals: list[Proposal],
+        critiques: list[Critique],
+        context: RepoContext,
+        goal: Goal,
+    ) -> Vote:
+        """Pick one proposal. `critiques` is empty in the vote-only round."""
+        ...
+
+    def design(self, proposal: Proposal, context: RepoContext, settings: CycleSettings) -> Design:
+        """Turn this agent's own winning proposal into a design."""
+        ...
+
+    def implement(self, design: Design, area: WorkArea) -> str:
+        """Edit files in `area.worktree` to carry out `design`; return a one-line summary.
+
+        Raise `nomic_dagster.errors.ImplementationFailed` when the design cannot be done.
+        """
+        ...

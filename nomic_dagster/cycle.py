@@ -1,0 +1,292 @@
+"""One cycle as a sequence of steps over a `CycleState`.
+
+Each step wraps one phase function: it reads what it needs from the state, calls the
+phase, and returns a new state. A step that ends the cycle (a gate closed, bad input, an
+error) sets `outcome`; later steps then pass the state through untouched. The Dagster
+ops, the plain `run_cycle` driver and the CLI all call these same steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import Field
+
+from nomic_dagster.agents import Agent, build_panel
+from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
+from nomic_dagster.history import CycleHistory
+from nomic_dagster.phases.commit import commit_change, commit_message
+from nomic_dagster.phases.context import baseline_problem, gather_context
+from nomic_dagster.phases.debate import run_debate
+from nomic_dagster.phases.design import check_scope, design_change, winning_agent
+from nomic_dagster.phases.implement import implement_design
+from nomic_dagster.phases.verify import verify_change
+from nomic_dagster.records import (
+    ChangeSet,
+    CommitResult,
+    CycleRecord,
+    DebateResult,
+    Design,
+    Goal,
+    Outcome,
+    Phase,
+    Record,
+    RepoContext,
+    ScopeDecision,
+    VerificationReport,
+    Workspace,
+    new_cycle_id,
+    utcnow,
+)
+from nomic_dagster.settings import DEFAULT_GOAL, CycleSettings, state_dir
+from nomic_dagster.workspace import close_workspace, open_workspace
+
+log = logging.getLogger("nomic_dagster.cycle")
+
+
+class CycleState(Record):
+    """Everything a cycle has decided so far; passed from phase to phase."""
+
+    cycle_id: str
+    run_id: str | None = None
+    settings: CycleSettings
+    goal: Goal
+    started_at: datetime
+    workspace: Workspace | None = None
+    context: RepoContext | None = None
+    debate: DebateResult | None = None
+    design: Design | None = None
+    scope: ScopeDecision | None = None
+    changeset: ChangeSet | None = None
+    verification: VerificationReport | None = None
+    commit: CommitResult | None = None
+    outcome: Outcome | None = None
+    reason: str = ""
+    ended_in: Phase | None = None
+    phase_durations: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def ended(self) -> bool:
+        return self.outcome is not None
+
+    def end(self, outcome: Outcome, reason: str, phase: Phase) -> CycleState:
+        return self.model_copy(update={"outcome": outcome, "reason": reason, "ended_in": phase})
+
+
+def start_cycle(
+    settings: CycleSettings, cycle_id: str | None = None, run_id: str | None = None
+) -> CycleState:
+    goal = Goal(
+        text=settings.goal,
+        track=settings.track_enum,
+        source="default" if settings.goal == DEFAULT_GOAL else "user",
+    )
+    return CycleState(
+        cycle_id=cycle_id or new_cycle_id(),
+        run_id=run_id,
+        settings=settings,
+        goal=goal,
+        started_at=utcnow(),
+    )
+
+
+def _panel(state: CycleState) -> list[Agent]:
+    return build_panel(state.settings.agents)
+
+
+# ---------------------------------------------------------------- phase bodies
+
+
+def _context(state: CycleState) -> CycleState:
+    _panel(state)  # fail on unknown agents before any git work
+    history = CycleHistory(state_dir(state.settings))
+    ws = open_workspace(state.settings, state.cycle_id)
+    try:
+        earlier = [r.summary() for r in history.recent(origin=ws.origin)]
+        ctx = gather_context(ws, state.settings, earlier)
+    except BaseException:
+        close_workspace(ws)  # the state that would carry `ws` to finish_cycle is lost
+        raise
+    state = state.model_copy(update={"workspace": ws, "context": ctx})
+    problem = baseline_problem(ctx.tests, state.settings)
+    if problem:
+        return state.end(Outcome.BASELINE_RED, problem, Phase.CONTEXT)
+    return state
+
+
+def _debate(state: CycleState) -> CycleState:
+    assert state.context is not None
+    result = run_debate(state.context, state.goal, _panel(state), state.settings.rule)
+    state = state.model_copy(update={"debate": result})
+    if not result.proposals:
+        failed = f" ({len(result.agent_failures)} agent(s) failed)" if result.agent_failures else ""
+        return state.end(
+            Outcome.NO_PROPOSALS, f"no agent found an improvement to propose{failed}", Phase.DEBATE
+        )
+    c = result.consensus
+    if not c.reached:
+        return state.end(
+            Outcome.NO_CONSENSUS,
+            f"no proposal reached {c.rule.value} ({c.votes_for_winner}/{c.voters} votes; tally {c.tally})",
+            Phase.DEBATE,
+        )
+    return state
+
+
+def _design(state: CycleState) -> CycleState:
+    assert state.debate is not None and state.context is not None
+    design = design_change(state.debate, _panel(state), state.context, state.settings)
+    scope = check_scope(design, state.settings)
+    state = state.model_copy(update={"design": design, "scope": scope})
+    if not scope.allowed:
+        return state.end(Outcome.REJECTED_BY_SCOPE, "; ".join(scope.reasons), Phase.DESIGN)
+    return state
+
+
+def _implement(state: CycleState) -> CycleState:
+    assert state.debate and state.design and state.workspace and state.context
+    agent = winning_agent(state.debate, _panel(state))
+    try:
+        changes = implement_design(
+            state.design, agent, state.workspace, state.context, state.settings
+        )
+    except ImplementationFailed as exc:
+        return state.end(Outcome.IMPLEMENTATION_FAILED, str(exc), Phase.IMPLEMENT)
+    return state.model_copy(update={"changeset": changes})
+
+
+def _verify(state: CycleState) -> CycleState:
+    assert state.changeset and state.workspace
+    report = verify_change(state.changeset, state.workspace, state.settings)
+    state = state.model_copy(update={"verification": report})
+    if not report.passed:
+        failed = ", ".join(f"{g.name} ({g.detail})" for g in report.failed_gates)
+        return state.end(
+            Outcome.VERIFICATION_FAILED, f"failed gates: {failed}"[:2000], Phase.VERIFY
+        )
+    return state
+
+
+def _commit(state: CycleState) -> CycleState:
+    assert state.design and state.changeset and state.workspace
+    message = commit_message(
+        design=state.design,
+        changeset=state.changeset,
+        debate=state.debate,
+        cycle_id=state.cycle_id,
+        track=state.settings.track,
+        agents=list(state.settings.agents),
+        run_id=state.run_id,
+        verification=state.verification,
+    )
+    result = commit_change(state.workspace, state.changeset, message, state.settings.auto_merge)
+    state = state.model_copy(update={"commit": result})
+    merged = " and fast-forwarded " + state.workspace.base_branch if result.merged else ""
+    return state.end(
+        Outcome.COMMITTED, f"committed {result.sha[:12]} on {result.branch}{merged}", Phase.COMMIT
+    )
+
+
+STEPS: dict[Phase, Callable[[CycleState], CycleState]] = {
+    Phase.CONTEXT: _context,
+    Phase.DEBATE: _debate,
+    Phase.DESIGN: _design,
+    Phase.IMPLEMENT: _implement,
+    Phase.VERIFY: _verify,
+    Phase.COMMIT: _commit,
+}
+
+
+def run_phase(phase: Phase, state: CycleState) -> CycleState:
+    """Run one phase unless the cycle already ended; never raises for a cycle-level failure."""
+    if state.ended:
+        return state
+    log.info("cycle %s: %s started", state.cycle_id, phase.value)
+    started = time.perf_counter()
+    try:
+        new = STEPS[phase](state)
+    except BadInput as exc:
+        new = state.end(Outcome.BAD_INPUT, str(exc), phase)
+    except AgentError as exc:
+        outcome = Outcome.IMPLEMENTATION_FAILED if phase is Phase.DESIGN else Outcome.ERROR
+        new = state.end(outcome, str(exc), phase)
+    except Exception as exc:  # the record must say what broke, whatever broke
+        log.error("cycle %s: %s crashed\n%s", state.cycle_id, phase.value, traceback.format_exc())
+        new = state.end(Outcome.ERROR, f"{phase.value} crashed: {type(exc).__name__}: {exc}", phase)
+    elapsed = round(time.perf_counter() - started, 3)
+    new = new.model_copy(update={"phase_durations": {**new.phase_durations, phase.value: elapsed}})
+    suffix = f" -> {new.outcome.value}: {new.reason}" if new.ended else ""
+    log.info("cycle %s: %s finished in %.2fs%s", state.cycle_id, phase.value, elapsed, suffix)
+    return new
+
+
+def to_record(state: CycleState) -> CycleRecord:
+    ws, debate, cs, report = state.workspace, state.debate, state.changeset, state.verification
+    winner = debate.winner if debate else None
+    tests = (
+        report.tests
+        if report and report.tests
+        else (state.context.tests if state.context else None)
+    )
+    return CycleRecord(
+        cycle_id=state.cycle_id,
+        run_id=state.run_id,
+        track=state.settings.track_enum,
+        goal=state.goal,
+        origin=ws.origin if ws else (state.settings.repo or "demo"),
+        repo=ws.source_repo if ws else (state.settings.repo or ""),
+        base_branch=ws.base_branch if ws else state.settings.base_branch,
+        base_sha=ws.base_sha if ws else None,
+        outcome=state.outcome or Outcome.ERROR,
+        reason=state.reason,
+        agents=list(state.settings.agents),
+        winner=winner.id if winner else None,
+        winner_agent=winner.agent if winner else None,
+        winner_kind=winner.kind if winner else None,
+        first_round_winner=debate.consensus.first_round_winner_id if debate else None,
+        changed_by_debate=debate.consensus.changed_by_debate if debate else False,
+        proposals=len(debate.proposals) if debate else 0,
+        files=cs.paths if cs else [],
+        lines_added=cs.lines_added if cs else 0,
+        lines_removed=cs.lines_removed if cs else 0,
+        tests_passed=tests.passed if tests else None,
+        tests_collected=tests.collected if tests else None,
+        failed_gates=[g.name for g in report.failed_gates] if report else [],
+        branch=state.commit.branch if state.commit else None,
+        commit_sha=state.commit.sha if state.commit else None,
+        merged=state.commit.merged if state.commit else False,
+        phase_durations=state.phase_durations,
+        started_at=state.started_at,
+        finished_at=utcnow(),
+    )
+
+
+def finish_cycle(state: CycleState) -> CycleRecord:
+    """Remove the worktree (whatever the outcome), store and return the cycle record."""
+    if state.workspace is not None:
+        try:
+            close_workspace(state.workspace)
+        except Exception:  # cleanup trouble must not hide the cycle's outcome
+            log.exception("cycle %s: could not remove the worktree", state.cycle_id)
+    if state.outcome is None:
+        state = state.end(
+            Outcome.ERROR, "the cycle stopped before it reached an outcome", Phase.CONTEXT
+        )
+    record = to_record(state)
+    CycleHistory(state_dir(state.settings)).append(record)
+    log.info("cycle %s: %s — %s", record.cycle_id, record.outcome.value, record.reason)
+    return record
+
+
+def run_cycle(
+    settings: CycleSettings, cycle_id: str | None = None, run_id: str | None = None
+) -> CycleRecord:
+    """The plain driver: every phase in order, then finish. No Dagster involved."""
+    state = start_cycle(settings, cycle_id, run_id)
+    for phase in STEPS:
+        state = run_phase(phase, state)
+    return finish_cycle(state)

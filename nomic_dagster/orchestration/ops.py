@@ -1,0 +1,215 @@
+"""The cycle's ops: one thin op per phase over `nomic_dagster.cycle.run_phase`.
+
+Every phase op has two optional outputs: `state` when the cycle goes on, `ended` when a
+gate closed (no consensus, scope rejection, failed verification, ...). Everything
+downstream of a closed gate is skipped and the run still succeeds; `record_cycle_op`
+fans in the `ended` outputs, removes the worktree and materializes `cycle_records`.
+
+No `from __future__ import annotations` here: Dagster reads the op annotations at runtime.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from nomic_dagster.cycle import CycleState, finish_cycle, run_phase, start_cycle
+from nomic_dagster.orchestration.assets import CYCLE_RECORDS
+from nomic_dagster.orchestration.config import CycleConfig
+from nomic_dagster.orchestration.partitions import cycles_partitions
+from nomic_dagster.orchestration.resources import NomicResource
+from nomic_dagster.records import CycleRecord, Phase
+
+CYCLE_ID_TAG = "nomic/cycle_id"
+TRACK_TAG = "nomic/track"
+PHASE_TAG = "nomic/phase"
+
+STATE_OUTS = {
+    "state": dg.Out(CycleState, is_required=False, description="the cycle goes on"),
+    "ended": dg.Out(
+        CycleState, is_required=False, description="a gate closed: the cycle ends here"
+    ),
+}
+
+
+def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
+    """What the UI shows for each phase step."""
+    md: dict[str, Any] = {
+        "cycle_id": s.cycle_id,
+        "duration_s": s.phase_durations.get(phase.value, 0.0),
+    }
+    if s.ended:
+        md["outcome"] = s.outcome.value if s.outcome else ""
+        md["reason"] = s.reason
+    if phase is Phase.CONTEXT and s.context:
+        c = s.context
+        md |= {
+            "repo": s.workspace.origin if s.workspace else "",
+            "base": f"{s.workspace.base_branch}@{s.workspace.base_sha[:12]}" if s.workspace else "",
+            "files": len(c.files),
+            "ruff_findings": len(c.findings),
+            "tests_collected": c.tests.collected if c.tests.collected is not None else -1,
+            "baseline_green": bool(c.tests.passed),
+            "context_chars": c.size_chars,
+        }
+    elif phase is Phase.DEBATE and s.debate:
+        d = s.debate
+        md |= {
+            "proposals": dg.MetadataValue.md(
+                "\n".join(f"- **{p.id}**: {p.title} ({', '.join(p.files)})" for p in d.proposals)
+                or "none"
+            ),
+            "tally": dg.MetadataValue.json(d.consensus.tally),
+            "winner": d.consensus.winner_id or "",
+            "vote_only_winner": d.consensus.first_round_winner_id or "",
+            "changed_by_debate": d.consensus.changed_by_debate,
+            "agent_failures": dg.MetadataValue.json(d.agent_failures),
+        }
+    elif phase is Phase.DESIGN and s.design:
+        md |= {
+            "design": dg.MetadataValue.md(
+                f"**{s.design.title}** (risk {s.design.risk})\n\nFiles: {', '.join(s.design.files)}\n\n"
+                + "\n".join(f"1. {step}" for step in s.design.steps)
+                + f"\n\nTest plan: {s.design.test_plan}"
+            ),
+            "scope_allowed": bool(s.scope and s.scope.allowed),
+        }
+    elif phase is Phase.IMPLEMENT and s.changeset:
+        cs = s.changeset
+        md |= {
+            "files_changed": len(cs.files),
+            "lines_added": cs.lines_added,
+            "lines_removed": cs.lines_removed,
+            "summary": cs.summary,
+            "diff": dg.MetadataValue.md(f"```diff\n{cs.diff[:20000]}\n```"),
+        }
+    elif phase is Phase.VERIFY and s.verification:
+        md["gates"] = dg.MetadataValue.md(
+            "\n".join(
+                f"- {'✅' if g.passed else '❌'} **{g.name}** {g.detail}"
+                for g in s.verification.gates
+            )
+        )
+    elif phase is Phase.COMMIT and s.commit:
+        md |= {"commit": s.commit.sha, "branch": s.commit.branch, "merged": s.commit.merged}
+    return md
+
+
+def _emit(phase: Phase, state: CycleState) -> Iterator[dg.Output]:
+    output = "ended" if state.ended else "state"
+    yield dg.Output(state, output_name=output, metadata=_phase_metadata(phase, state))
+
+
+@dg.op(out=STATE_OUTS, tags={PHASE_TAG: "context"})
+def context_op(context: dg.OpExecutionContext, config: CycleConfig, nomic: NomicResource):
+    """Resolve and validate the target, add the cycle's worktree, read the repository's facts
+    and run its tests once (a red baseline ends the cycle: nothing could be verified)."""
+    tags = context.run_tags
+    if tags.get(TRACK_TAG) and tags[TRACK_TAG] != config.track:
+        context.log.warning(
+            f"run tag {TRACK_TAG}={tags[TRACK_TAG]} differs from config track={config.track}"
+        )
+    cycle_id = tags.get(CYCLE_ID_TAG) or context.run_id[:8]
+    state = start_cycle(
+        config.to_settings(nomic.state_dir or None), cycle_id=cycle_id, run_id=context.run_id
+    )
+    context.log.info(
+        f"cycle {cycle_id}: goal {state.goal.text!r}, agents {', '.join(config.agents)}"
+    )
+    yield from _emit(Phase.CONTEXT, run_phase(Phase.CONTEXT, state))
+
+
+def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
+    @dg.op(name=f"{phase.value}_op", out=STATE_OUTS, tags={PHASE_TAG: phase.value}, description=doc)
+    def _op(context: dg.OpExecutionContext, state: CycleState):
+        new = run_phase(phase, state)
+        context.log.info(
+            f"cycle {new.cycle_id}: {phase.value} took {new.phase_durations.get(phase.value, 0):.2f}s"
+            + (
+                f" and ended it: {new.outcome.value if new.outcome else ''} — {new.reason}"
+                if new.ended
+                else ""
+            )
+        )
+        yield from _emit(phase, new)
+
+    return _op
+
+
+debate_op = _phase_op(
+    Phase.DEBATE,
+    "Every agent proposes, critiques the others and votes (before and after the critiques); "
+    "the consensus rule picks the winner or ends the cycle with no_consensus.",
+)
+design_op = _phase_op(
+    Phase.DESIGN,
+    "The winner designs its proposal; the scope limiter rejects protected paths and designs "
+    "over the file budget (rejected_by_scope).",
+)
+implement_op = _phase_op(
+    Phase.IMPLEMENT,
+    "The winner edits the cycle's worktree on branch nomic/<track>/<cycle_id>.",
+)
+verify_op = _phase_op(
+    Phase.VERIFY,
+    "Gates on the final diff: compiles, tests pass, no new ruff findings, no protected path, "
+    "no deleted or skipped test, no weakened assertion, nothing outside the worktree.",
+)
+commit_op = _phase_op(
+    Phase.COMMIT, "Commit the verified tree on the cycle branch, with provenance trailers."
+)
+
+
+def record_metadata(record: CycleRecord) -> dict[str, Any]:
+    return {
+        "outcome": record.outcome.value,
+        "reason": record.reason,
+        "goal": record.goal.text,
+        "track": record.track.value,
+        "repo": record.origin,
+        "winner": record.winner or "",
+        "winner_agent": record.winner_agent or "",
+        "vote_only_winner": record.first_round_winner or "",
+        "changed_by_debate": record.changed_by_debate,
+        "files": dg.MetadataValue.json(record.files),
+        "files_changed": len(record.files),
+        "lines_added": record.lines_added,
+        "lines_removed": record.lines_removed,
+        "tests_passed": bool(record.tests_passed),
+        "tests_collected": record.tests_collected if record.tests_collected is not None else -1,
+        "failed_gates": dg.MetadataValue.json(record.failed_gates),
+        "branch": record.branch or "",
+        "commit_sha": record.commit_sha or "",
+        "phase_durations_s": dg.MetadataValue.json(record.phase_durations),
+        "duration_s": round(record.duration_s, 3),
+        "record": dg.MetadataValue.json(record.model_dump(mode="json")),
+    }
+
+
+@dg.op(tags={PHASE_TAG: "record"})
+def record_cycle_op(context: dg.OpExecutionContext, ended: list[CycleState]):
+    """Remove the worktree, store the cycle record and materialize its `cycle_records`
+    partition — on every path through the cycle. Bad input and internal errors fail the run
+    after the record is written, so the UI shows them as failures."""
+    if len(ended) != 1:
+        raise dg.Failure(f"expected exactly one ended cycle state, got {len(ended)}")
+    record = finish_cycle(ended[0])
+    context.instance.add_dynamic_partitions(cycles_partitions.name, [record.cycle_id])
+    metadata = record_metadata(record)
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=CYCLE_RECORDS,
+            partition=record.cycle_id,
+            description=f"{record.outcome.value}: {record.reason}"[:1000],
+            metadata=metadata,
+        )
+    )
+    context.add_output_metadata(
+        {k: metadata[k] for k in ("outcome", "reason", "branch", "commit_sha")}
+    )
+    if record.outcome.is_failure:
+        raise dg.Failure(
+            description=f"cycle {record.cycle_id} ended with {record.outcome.value}: {record.reason}",
+            metadata={"outcome": record.outcome.value, "cycle_id": record.cycle_id},
+        )
+    return record

@@ -1,0 +1,231 @@
+"""COMMIT: record the verified tree on the cycle branch, and optionally fast-forward the base.
+
+The commit is made from the worktree's index only after checking that the index is still
+exactly the tree VERIFY checked. The user's checkout is never touched unless `auto_merge`
+is on, the base branch has not moved since the cycle started, and that checkout is clean.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import git as gitpython
+
+from nomic_dagster.errors import NomicError
+from nomic_dagster.phases.verify import summarize_tests
+from nomic_dagster.records import (
+    ChangeSet,
+    CommitResult,
+    DebateResult,
+    Design,
+    VerificationReport,
+    Workspace,
+)
+from nomic_dagster.workspace import NOMIC_AUTHOR, git
+
+SUBJECT_MAX = 72
+_ZERO = "0" * 40
+_NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _safe_body(text: str) -> str:
+    """Free text for the body: no line git would take for the start of a patch ("---")."""
+    lines = str(text).strip().splitlines()
+    return "\n".join(" " + ln if re.match(r"---(\s|$)", ln) else ln.rstrip() for ln in lines)
+
+
+def _subject(kind: str, title: str) -> str:
+    subject = f"nomic({_one_line(kind) or 'change'}): {_one_line(title) or 'improvement'}"
+    if len(subject) > SUBJECT_MAX:
+        subject = subject[: SUBJECT_MAX - 3].rstrip() + "..."
+    return subject
+
+
+def commit_message(
+    design: Design,
+    changeset: ChangeSet,
+    debate: DebateResult | None,
+    cycle_id: str,
+    track: str,
+    agents: list[str],
+    run_id: str | None,
+    verification: VerificationReport | None,
+) -> str:
+    """Subject, a body saying what improved and why, then the Nomic-* git trailers."""
+    paragraphs: list[str] = [_subject(design.kind, design.title)]
+    if design.rationale.strip():
+        paragraphs.append(_safe_body(design.rationale))
+    if changeset.summary.strip():
+        paragraphs.append("Implementation: " + _safe_body(changeset.summary))
+
+    files = [f"Changed files (+{changeset.lines_added}/-{changeset.lines_removed}):"]
+    for f in changeset.files:
+        moved = f" (from {f.old_path})" if f.old_path else ""
+        files.append(f"- {f.path}{moved}: {f.status}, +{f.added}/-{f.removed}")
+    paragraphs.append("\n".join(files))
+
+    decision = [f"Proposal {design.proposal_id} by {design.agent}, {design.risk} risk."]
+    if debate is not None:
+        c = debate.consensus
+        tally = ", ".join(f"{pid} {n}" for pid, n in sorted(c.tally.items(), key=lambda kv: -kv[1]))
+        decision.append(
+            f"Votes: {tally or 'none'} ({c.votes_for_winner} of {c.voters} voters for the "
+            f"winner, rule {c.rule.value})."
+        )
+        if c.changed_by_debate:
+            decision.append(
+                f"The debate changed the winner: the vote-only round favoured "
+                f"{c.first_round_winner_id or 'no proposal'}."
+            )
+        elif c.first_round_winner_id:
+            decision.append("The debate confirmed the vote-only winner.")
+        decision.append(
+            f"{len(debate.proposals)} proposal(s), {len(debate.critiques)} critique(s)."
+        )
+    paragraphs.append(_safe_body(" ".join(decision)))
+
+    if verification is not None:
+        gates = verification.gates
+        ok = sum(g.passed for g in gates)
+        checks = f"Verification: {ok}/{len(gates)} gates passed"
+        if verification.tests is not None and verification.tests.passed is not None:
+            checks += (
+                f"; tests: {summarize_tests(verification.tests)} ({verification.tests.command})"
+            )
+        paragraphs.append(_safe_body(checks + "."))
+
+    trailers = [
+        ("Nomic-Cycle", cycle_id),
+        ("Nomic-Track", track),
+        ("Nomic-Agents", ", ".join(agents) or "none"),
+        ("Nomic-Run-Id", run_id or "none"),
+        ("Nomic-Winner", design.agent),
+    ]
+    paragraphs.append("\n".join(f"{k}: {_one_line(v) or 'none'}" for k, v in trailers))
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def commit_change(
+    workspace: Workspace, changeset: ChangeSet, message: str, auto_merge: bool
+) -> CommitResult:
+    """Commit the verified index on the cycle branch; fast-forward the base only if asked and safe."""
+    repo = gitpython.Repo(workspace.worktree)
+    try:
+        staged = repo.git.write_tree()
+        if staged != changeset.tree_sha:
+            raise NomicError(
+                f"index changed after verification: staged tree {staged[:12]} is not the "
+                f"verified {changeset.tree_sha[:12]}; nothing was committed"
+            )
+        if changeset.base_sha != workspace.base_sha:
+            raise NomicError(
+                f"the change set's base {changeset.base_sha[:12]} is not the workspace's "
+                f"base {workspace.base_sha[:12]}"
+            )
+        actor = gitpython.Actor(*NOMIC_AUTHOR)
+        commit = gitpython.Commit.create_from_tree(
+            repo,
+            repo.tree(changeset.tree_sha),
+            message,
+            parent_commits=[repo.commit(workspace.base_sha)],
+            head=False,
+            author=actor,
+            committer=actor,
+        )
+        sha = commit.hexsha
+        ref = f"refs/heads/{workspace.branch}"
+        exists = _ref_sha(Path(workspace.worktree), ref) is not None
+        try:
+            # Compare-and-swap: the cycle branch must still be at the base (or not exist yet).
+            repo.git.update_ref(
+                "-m",
+                f"nomic: cycle {workspace.cycle_id}",
+                ref,
+                sha,
+                workspace.base_sha if exists else _ZERO,
+            )
+        except gitpython.GitCommandError as exc:
+            raise NomicError(
+                f"branch {workspace.branch} moved while the cycle ran; commit {sha[:12]} was not "
+                f"recorded on it: {exc.stderr.strip()}"
+            ) from exc
+    finally:
+        repo.close()
+
+    merged, note = False, "auto-merge is off: the branch is left for review"
+    if auto_merge:
+        merged, note = _fast_forward_base(workspace, sha)
+    return CommitResult(
+        sha=sha, branch=workspace.branch, message=message, merged=merged, merge_note=note
+    )
+
+
+# ---------------------------------------------------------------- auto-merge
+
+
+def _ref_sha(repo: Path, ref: str) -> str | None:
+    out = git(repo, "rev-parse", "--verify", "--quiet", ref + "^{commit}", check=False).strip()
+    return out or None
+
+
+def _checkouts_of(root: Path, branch_ref: str) -> list[Path]:
+    """Worktrees of `root` (the main checkout included) that have `branch_ref` checked out."""
+    paths: list[Path] = []
+    current: str | None = None
+    for line in git(root, "worktree", "list", "--porcelain").splitlines():
+        if line.startswith("worktree "):
+            current = line.removeprefix("worktree ")
+        elif line == f"branch {branch_ref}" and current is not None:
+            paths.append(Path(current))
+    return paths
+
+
+def _fast_forward_base(ws: Workspace, new_sha: str) -> tuple[bool, str]:
+    root = Path(ws.source_repo)
+    base_ref = f"refs/heads/{ws.base_branch}"
+    current = _ref_sha(root, base_ref)
+    if current != ws.base_sha:
+        return False, (
+            f"not merged: {ws.base_branch} moved since the cycle started "
+            f"({ws.base_sha[:12]} -> {(current or 'deleted')[:12]}); {ws.branch} is left for review"
+        )
+    checkouts = _checkouts_of(root, base_ref)
+    for checkout in checkouts:
+        # --no-optional-locks: looking must not rewrite that checkout's index
+        dirty = git(checkout, "--no-optional-locks", "status", "--porcelain", check=False)
+        if dirty.strip():
+            return False, (
+                f"not merged: the checkout of {ws.base_branch} at {checkout} has uncommitted "
+                f"changes; {ws.branch} is left for review"
+            )
+    if checkouts:
+        checkout = checkouts[0]
+        try:
+            git(checkout, *_NO_HOOKS, "merge", "--ff-only", "--quiet", new_sha)
+        except subprocess.CalledProcessError as exc:
+            return (
+                False,
+                f"not merged: git merge --ff-only failed in {checkout}: {exc.stderr.strip()}",
+            )
+        if _ref_sha(root, base_ref) != new_sha:
+            return False, f"not merged: {ws.base_branch} did not reach {new_sha[:12]}"
+        return True, f"fast-forwarded {ws.base_branch} to {new_sha[:12]} in {checkout}"
+    try:
+        git(
+            root,
+            "update-ref",
+            "-m",
+            f"nomic: fast-forward to cycle {ws.cycle_id}",
+            base_ref,
+            new_sha,
+            ws.base_sha,
+        )
+    except subprocess.CalledProcessError as exc:
+        return False, f"not merged: {ws.base_branch} moved while merging: {exc.stderr.strip()}"
+    return True, f"fast-forwarded {ws.base_branch} to {new_sha[:12]}"

@@ -1,0 +1,37 @@
+"""Phase 3 — implement: the winning agent edits its own worktree on the cycle branch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nomic_dagster.agents import Agent, WorkArea
+from nomic_dagster.errors import ImplementationFailed
+from nomic_dagster.records import ChangeSet, Design, RepoContext, Workspace
+from nomic_dagster.settings import CycleSettings
+from nomic_dagster.workspace import collect_changes, start_branch
+
+
+def implement_design(
+    design: Design,
+    agent: Agent,
+    workspace: Workspace,
+    context: RepoContext,
+    settings: CycleSettings,
+) -> ChangeSet:
+    start_branch(workspace)
+    area = WorkArea(
+        worktree=Path(workspace.worktree),
+        scratch=Path(workspace.scratch_dir),
+        settings=settings,
+        context=context,
+    )
+    try:
+        summary = agent.implement(design, area)
+    except ImplementationFailed:
+        raise
+    except Exception as exc:
+        raise ImplementationFailed(f"{agent.name} crashed: {type(exc).__name__}: {exc}") from exc
+    changes = collect_changes(workspace, summary=summary)
+    if changes.empty:
+        raise ImplementationFailed(f"{agent.name} made no change to the worktree")
+    return changes

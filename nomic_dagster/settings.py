@@ -1,0 +1,120 @@
+"""What a cycle is asked to do: the one settings model every driver fills in.
+
+The Dagster run config (`orchestration.config.CycleConfig`), the CLI and the library
+all produce a `CycleSettings`; the phases only ever read this model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nomic_dagster.pathrules import DEFAULT_PROTECTED_PATHS
+from nomic_dagster.records import ConsensusRule, Track
+
+# Literal (not Enum) types in settings, because Dagster config matches enums by member
+# name ("SME") while users write the value ("sme"). `track_enum()` converts.
+TrackName = Literal["sme", "developer", "self_hosted", "qa", "core", "security"]
+RuleName = Literal["majority", "two_thirds", "unanimous"]
+
+DEFAULT_AGENTS: tuple[str, ...] = ("lint-fixer", "test-writer", "dead-code")
+DEFAULT_GOAL = "Improve the quality of this repository: lint, tests and dead code"
+DEFAULT_TEST_COMMAND = "python -m pytest -q"
+
+
+class CycleSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: Annotated[
+        str | None,
+        Field(
+            description="Target repository: a local path or a git URL. Empty: $NOMIC_REPO, "
+            "else the bundled demo repository (copied fresh each run)."
+        ),
+    ] = None
+    base_branch: Annotated[
+        str | None,
+        Field(
+            description="Branch the cycle starts from. Empty: the branch checked out in the repo."
+        ),
+    ] = None
+    goal: Annotated[str, Field(description="What the agents should improve.")] = DEFAULT_GOAL
+    track: Annotated[
+        TrackName,
+        Field(description="Development track: sme, developer, self_hosted, qa, core, security."),
+    ] = "developer"
+    agents: Annotated[
+        list[str],
+        Field(
+            description="The agent panel: built-in names (lint-fixer, test-writer, dead-code) "
+            "or import paths 'package.module:ClassName'."
+        ),
+    ] = Field(default_factory=lambda: list(DEFAULT_AGENTS))
+    consensus_rule: Annotated[
+        RuleName,
+        Field(description="How many voters must back the winner: majority, two_thirds, unanimous."),
+    ] = "two_thirds"
+    protected_paths: Annotated[
+        list[str],
+        Field(
+            description="Globs no design or diff may touch (`**` spans folders, `dir/` a folder)."
+        ),
+    ] = Field(default_factory=lambda: list(DEFAULT_PROTECTED_PATHS))
+    max_files: Annotated[int, Field(description="Most files a design may touch.", ge=1)] = 5
+    test_command: Annotated[
+        str,
+        Field(
+            description="The target's test command, run in the worktree. `python` is the "
+            "interpreter nomic_dagster runs on."
+        ),
+    ] = DEFAULT_TEST_COMMAND
+    test_timeout_s: Annotated[int, Field(description="Timeout for one test run.", ge=1)] = 900
+    allow_no_tests: Annotated[
+        bool, Field(description="Accept a test command that collects no tests.")
+    ] = False
+    auto_merge: Annotated[
+        bool,
+        Field(
+            description="Fast-forward the base branch to the verified commit, only if the "
+            "base has not moved since the cycle started. Default: leave the branch for review."
+        ),
+    ] = False
+    context_budget_chars: Annotated[
+        int, Field(description="Size budget of the context shown to agents.", ge=2000)
+    ] = 60_000
+    state_dir: Annotated[
+        str | None,
+        Field(
+            description="Where worktrees, clones and cycle records live. Empty: see state_dir()."
+        ),
+    ] = None
+
+    @property
+    def track_enum(self) -> Track:
+        return Track(self.track)
+
+    @property
+    def rule(self) -> ConsensusRule:
+        return ConsensusRule(self.consensus_rule)
+
+
+def state_dir(settings: CycleSettings | None = None) -> Path:
+    """The folder for nomic's own state: never inside the user's checkout.
+
+    Order: the settings, $NOMIC_STATE_DIR, $DAGSTER_HOME/nomic, ~/.local/state/nomic_dagster.
+    """
+    if settings is not None and settings.state_dir:
+        chosen = Path(settings.state_dir)
+    elif os.environ.get("NOMIC_STATE_DIR"):
+        chosen = Path(os.environ["NOMIC_STATE_DIR"])
+    elif os.environ.get("DAGSTER_HOME"):
+        chosen = Path(os.environ["DAGSTER_HOME"]) / "nomic"
+    else:
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        chosen = Path(base) / "nomic_dagster"
+    chosen = chosen.expanduser().resolve()
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen
