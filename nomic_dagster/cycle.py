@@ -178,7 +178,7 @@ def _commit(state: CycleState) -> CycleState:
         changeset=state.changeset,
         debate=state.debate,
         cycle_id=state.cycle_id,
-        track=state.settings.track,
+        track=state.settings.track_enum.value,
         agents=list(state.settings.agents),
         run_id=state.run_id,
         verification=state.verification,

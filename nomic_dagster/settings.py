@@ -18,6 +18,9 @@ from nomic_dagster.records import ConsensusRule, Track
 # Literal (not Enum) types in settings, because Dagster config matches enums by member
 # name ("SME") while users write the value ("sme"). `track_enum()` converts.
 TrackName = Literal["sme", "developer", "self_hosted", "qa", "core", "security"]
+# "" = not chosen: the run's nomic/track tag decides (Dagster config cannot express an
+# optional Literal).
+TrackChoice = Literal["", "sme", "developer", "self_hosted", "qa", "core", "security"]
 RuleName = Literal["majority", "two_thirds", "unanimous"]
 
 DEFAULT_AGENTS: tuple[str, ...] = ("lint-fixer", "test-writer", "dead-code")
@@ -43,9 +46,12 @@ class CycleSettings(BaseModel):
     ] = None
     goal: Annotated[str, Field(description="What the agents should improve.")] = DEFAULT_GOAL
     track: Annotated[
-        TrackName,
-        Field(description="Development track: sme, developer, self_hosted, qa, core, security."),
-    ] = "developer"
+        TrackChoice,
+        Field(
+            description="Development track (sme, developer, self_hosted, qa, core, security); "
+            "names the cycle branch. Empty: the run's nomic/track tag, else developer."
+        ),
+    ] = ""
     agents: Annotated[
         list[str],
         Field(
@@ -94,7 +100,7 @@ class CycleSettings(BaseModel):
 
     @property
     def track_enum(self) -> Track:
-        return Track(self.track)
+        return Track(self.track or Track.DEVELOPER.value)
 
     @property
     def rule(self) -> ConsensusRule:

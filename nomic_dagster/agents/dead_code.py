@@ -605,7 +605,7 @@ class DeadCodeRemover(OfflineAgent):
                 kept: list[Removal] = []
                 if len(planned[culprit]) > 1:
                     for r in planned[culprit]:
-                        if write(culprit, [*kept, r]) and green():
+                        if r in write(culprit, [*kept, r]) and green():
                             kept.append(r)
                         write(culprit, kept)
                 rejected = [r.label() for r in planned[culprit] if r not in kept]

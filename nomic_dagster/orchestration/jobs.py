@@ -31,13 +31,12 @@ def nomic_cycle_graph():
     )
 
 
-def _default_config(track: Track) -> dg.RunConfig:
+def _default_config() -> dg.RunConfig:
     # In-process by default: the phases run one after another anyway, and each step in its
     # own process costs ~1.5 s (select `multiprocess` in the launchpad to isolate steps).
-    return dg.RunConfig(
-        ops={"context_op": CycleConfig(track=track.value)},
-        execution={"config": {"in_process": {}}},
-    )
+    # The track is not in the default config: it comes from the job's nomic/track tag, so
+    # a run config that names only `repo` keeps the job's track.
+    return dg.RunConfig(ops={"context_op": CycleConfig()}, execution={"config": {"in_process": {}}})
 
 
 def make_cycle_job(track: Track | None = None) -> dg.JobDefinition:
@@ -48,10 +47,11 @@ def make_cycle_job(track: Track | None = None) -> dg.JobDefinition:
         name=name,
         description=(
             "One nomic cycle on the configured repository (default: the bundled demo), "
-            f"track {effective.value}. Lands a verified commit on nomic/{effective.value}/<cycle_id>."
+            f"track {effective.value} unless the config names another. Lands a verified "
+            "commit on nomic/<track>/<cycle_id>."
         ),
         tags={TRACK_TAG: effective.value},
-        config=_default_config(effective),
+        config=_default_config(),
     )
 
 

@@ -18,7 +18,7 @@ from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.partitions import cycles_partitions
 from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.records import CycleRecord, Phase
+from nomic_dagster.records import CycleRecord, Phase, Track
 
 CYCLE_ID_TAG = "nomic/cycle_id"
 TRACK_TAG = "nomic/track"
@@ -105,14 +105,18 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig, nomic: Nomic
     """Resolve and validate the target, add the cycle's worktree, read the repository's facts
     and run its tests once (a red baseline ends the cycle: nothing could be verified)."""
     tags = context.run_tags
-    if tags.get(TRACK_TAG) and tags[TRACK_TAG] != config.track:
+    settings = config.to_settings(nomic.state_dir or None)
+    if not settings.track:
+        settings = settings.model_copy(
+            update={"track": tags.get(TRACK_TAG) or Track.DEVELOPER.value}
+        )
+    elif tags.get(TRACK_TAG) and tags[TRACK_TAG] != settings.track:
         context.log.warning(
-            f"run tag {TRACK_TAG}={tags[TRACK_TAG]} differs from config track={config.track}"
+            f"config track={settings.track} differs from the run tag {TRACK_TAG}={tags[TRACK_TAG]}: "
+            "the branch follows the config, run limits follow the tag"
         )
     cycle_id = tags.get(CYCLE_ID_TAG) or context.run_id[:8]
-    state = start_cycle(
-        config.to_settings(nomic.state_dir or None), cycle_id=cycle_id, run_id=context.run_id
-    )
+    state = start_cycle(settings, cycle_id=cycle_id, run_id=context.run_id)
     context.log.info(
         f"cycle {cycle_id}: goal {state.goal.text!r}, agents {', '.join(config.agents)}"
     )

@@ -43,7 +43,11 @@ def _safe_body(text: str) -> str:
 def _subject(kind: str, title: str) -> str:
     subject = f"nomic({_one_line(kind) or 'change'}): {_one_line(title) or 'improvement'}"
     if len(subject) > SUBJECT_MAX:
-        subject = subject[: SUBJECT_MAX - 3].rstrip() + "..."
+        cut = subject[: SUBJECT_MAX - 3]
+        # end on a whole word: "...untested functions..." rather than "...untested functio..."
+        if " " in cut[len(kind) + 9 :]:
+            cut = cut.rsplit(" ", 1)[0]
+        subject = cut.rstrip(" ,;:-(") + "..."
     return subject
 
 
@@ -197,8 +201,16 @@ def _fast_forward_base(ws: Workspace, new_sha: str) -> tuple[bool, str]:
         )
     checkouts = _checkouts_of(root, base_ref)
     for checkout in checkouts:
-        # --no-optional-locks: looking must not rewrite that checkout's index
-        dirty = git(checkout, "--no-optional-locks", "status", "--porcelain", check=False)
+        if not checkout.is_dir():
+            return False, (
+                f"not merged: {ws.base_branch} is checked out at {checkout}, which is missing; "
+                f"{ws.branch} is left for review"
+            )
+        try:
+            # --no-optional-locks: looking must not rewrite that checkout's index
+            dirty = git(checkout, "--no-optional-locks", "status", "--porcelain")
+        except subprocess.CalledProcessError as exc:
+            return False, f"not merged: cannot read the status of {checkout}: {exc.stderr.strip()}"
         if dirty.strip():
             return False, (
                 f"not merged: the checkout of {ws.base_branch} at {checkout} has uncommitted "

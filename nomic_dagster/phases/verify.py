@@ -142,15 +142,14 @@ def _read_blobs(wt: Path, specs: list[str]) -> dict[str, bytes | None]:
     pos = 0
     for spec in asked:
         end = data.index(b"\n", pos)
-        header = data[pos:end].split()
+        header = data[pos:end]
         pos = end + 1
-        if len(header) != 3 or header[1] != b"blob":
-            if len(header) == 3:  # a tree or a commit: skip its content
-                pos += int(header[2]) + 1
+        if header.endswith((b" missing", b" ambiguous")):
             continue
-        size = int(header[2])
-        out[spec] = data[pos : pos + size]
-        pos += size + 1
+        _oid, kind, size = header.split()  # "<oid> <type> <size>"
+        if kind == b"blob":
+            out[spec] = data[pos : pos + int(size)]
+        pos += int(size) + 1
     return out
 
 
@@ -161,18 +160,19 @@ def _decode(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def _tracked_drift(wt: Path, tree_sha: str) -> list[str]:
-    """What differs between the worktree and the verified tree: index and tracked files."""
-    problems: list[str] = []
-    index_tree = git(wt, "write-tree").strip()
-    if index_tree != tree_sha:
-        problems.append(
-            f"the index is now tree {index_tree[:12]}, not the verified {tree_sha[:12]}"
+def _tracked_drift(wt: Path, tree_sha: str) -> tuple[str | None, list[str]]:
+    """How the worktree left the verified tree: (index problem, modified tracked files)."""
+    try:
+        index_tree = git(wt, "write-tree").strip()
+        index_problem = (
+            None
+            if index_tree == tree_sha
+            else f"the index is now tree {index_tree[:12]}, not the verified {tree_sha[:12]}"
         )
+    except subprocess.CalledProcessError as exc:
+        index_problem = f"the index cannot be written as a tree: {exc.stderr.strip()[:200]}"
     changed = [p for p in git(wt, "diff", "--no-ext-diff", "--name-only", "-z").split("\0") if p]
-    if changed:
-        problems.append("modified tracked files: " + _listing(changed))
-    return problems
+    return index_problem, changed
 
 
 def _stray_files(wt: Path) -> list[str]:
@@ -249,13 +249,11 @@ def verify_change(
     if all(g.passed for g in gates):
         inventory = _run_tests(wt, scratch, settings, inventory)
         gates.append(_gate_tests_pass(inventory, settings))
-        drift = _tracked_drift(wt, tree)
-        if drift:
-            gates[0] = GateResult(
-                name="worktree_stable",
-                passed=False,
-                detail="tests modified tracked files: " + "; ".join(drift),
-            )
+        index_problem, changed = _tracked_drift(wt, tree)
+        if index_problem or changed:
+            problems = [f"tests modified tracked files: {_listing(changed)}"] if changed else []
+            problems += [f"after the tests, {index_problem}"] if index_problem else []
+            gates[0] = GateResult(name="worktree_stable", passed=False, detail="; ".join(problems))
     else:
         gates.append(GateResult(name="tests_pass", passed=False, detail=NOT_RUN))
 
@@ -298,7 +296,11 @@ def _test_inventory(
 
 
 def _gate_worktree_stable(wt: Path, changeset: ChangeSet, changes: list[_Change]) -> GateResult:
-    problems = _tracked_drift(wt, changeset.tree_sha) + _stray_files(wt)
+    index_problem, changed = _tracked_drift(wt, changeset.tree_sha)
+    problems = [index_problem] if index_problem else []
+    if changed:
+        problems.append("modified tracked files: " + _listing(changed))
+    problems += _stray_files(wt)
     listed, actual = sorted(changeset.paths), sorted(c.path for c in changes)
     if listed != actual:
         problems.append(
@@ -402,7 +404,9 @@ def _parse(source: bytes | None) -> ast.Module | None:
     if source is None:
         return None
     try:
-        return ast.parse(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
@@ -563,6 +567,12 @@ def _trivially_true(node: ast.expr) -> bool:
     value = _literal(node)
     if value is not _NO_VALUE:
         return bool(value)
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return bool(node.elts) and not any(isinstance(e, ast.Starred) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return bool(node.keys) and None not in node.keys  # no `**mapping`
+    if isinstance(node, ast.Lambda):
+        return True
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
         value = _literal(node.operand)
         return value is not _NO_VALUE and not value
@@ -665,6 +675,8 @@ def _gate_assertions_kept(
 
 # ---------------------------------------------------------------- ruff
 
+_SYNTAX_CODES = {"invalid-syntax", "syntax-error", "E999"}  # the compiles gate's job
+
 
 def _ruff_counts(
     wt: Path, scratch: Path, path: str, source: bytes
@@ -701,7 +713,7 @@ def _ruff_counts(
     messages: dict[str, str] = {}
     for item in items:
         code = item.get("code")
-        if not code:
+        if not code or code in _SYNTAX_CODES:
             continue
         counts[code] += 1
         row = (item.get("location") or {}).get("row", 0)
