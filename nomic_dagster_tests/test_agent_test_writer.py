@@ -1,7 +1,10 @@
 """The test-writer agent on real repositories: real git, real probes, pytest, coverage, ruff.
 
 The target repositories are generated here from parameters (package and module names,
-constants, layout), so the agent is checked on code it was not written for.
+constants, layout), so the agent is checked on code it was not written for. Their pytest
+configuration switches off the plugins of this environment that they do not use, as a
+real project may: the agent runs pytest a dozen times per repository, and plugin imports
+would dominate the run time.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from nomic_dagster_tests.repo_builders import (
 )
 
 GOAL = Goal(text="Raise test coverage")
+UNUSED_PLUGINS = "-p no:hypothesispytest -p no:anyio -p no:xdist -p no:timeout -p no:platformdirs"
 
 
 @dataclass(frozen=True)
@@ -164,10 +168,12 @@ def generated_repo(spec: Spec) -> dict[str, str]:
         f"{'src/' if spec.src_layout else ''}{spec.package}/__init__.py": "",
         spec.module_path: module,
     }
+    pytest_config = f'[tool.pytest.ini_options]\naddopts = "{UNUSED_PLUGINS}"\n'
     if spec.src_layout:
-        files["pyproject.toml"] = '[tool.pytest.ini_options]\npythonpath = ["src"]\n'
+        files["pyproject.toml"] = pytest_config + 'pythonpath = ["src"]\n'
         files["test_smoke.py"] = smoke
     else:
+        files["pyproject.toml"] = pytest_config
         files["tests/test_smoke.py"] = smoke
     return files
 

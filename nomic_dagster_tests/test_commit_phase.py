@@ -161,10 +161,12 @@ def test_commit_message_subject_body_and_trailers() -> None:
     assert "Callers multiply by hand." in body
     assert "- calc/core.py: modified, +3/-0" in body
     assert "- tests/test_core.py: modified, +5/-1" in body
-    assert "test-writer:add-tests 2, lint-fixer:lint-fix 1" in body
-    assert "2 of 3 voters" in body
-    assert "The debate changed the winner: the vote-only round favoured lint-fixer:lint-fix" in body
-    assert "4 passed" in body
+    prose = " ".join(body.split())  # body paragraphs are wrapped at 72 columns
+    assert all(len(line) <= 72 for line in body.splitlines() if not line.startswith("- "))
+    assert "test-writer:add-tests 2, lint-fixer:lint-fix 1" in prose
+    assert "2 of 3 voters" in prose
+    assert "The debate changed the winner: the vote-only round favoured lint-fixer:lint-fix" in prose
+    assert "4 passed" in prose
     assert parse_trailers(message) == [
         "Nomic-Cycle: c1",
         "Nomic-Track: developer",

@@ -125,16 +125,9 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig, nomic: Nomic
 
 def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
     @dg.op(name=f"{phase.value}_op", out=STATE_OUTS, tags={PHASE_TAG: phase.value}, description=doc)
-    def _op(context: dg.OpExecutionContext, state: CycleState):
+    def _op(state: CycleState):
+        # run_phase logs start, duration and outcome through the managed nomic_dagster logger
         new = run_phase(phase, state)
-        context.log.info(
-            f"cycle {new.cycle_id}: {phase.value} took {new.phase_durations.get(phase.value, 0):.2f}s"
-            + (
-                f" and ended it: {new.outcome.value if new.outcome else ''} — {new.reason}"
-                if new.ended
-                else ""
-            )
-        )
         yield from _emit(phase, new)
 
     return _op

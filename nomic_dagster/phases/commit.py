@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 import git as gitpython
@@ -26,6 +27,7 @@ from nomic_dagster.records import (
 from nomic_dagster.workspace import NOMIC_AUTHOR, git
 
 SUBJECT_MAX = 72
+BODY_WIDTH = 72
 _ZERO = "0" * 40
 _NO_HOOKS = ("-c", "core.hooksPath=/dev/null")
 
@@ -38,6 +40,15 @@ def _safe_body(text: str) -> str:
     """Free text for the body: no line git would take for the start of a patch ("---")."""
     lines = str(text).strip().splitlines()
     return "\n".join(" " + ln if re.match(r"---(\s|$)", ln) else ln.rstrip() for ln in lines)
+
+
+def _prose(text: str) -> str:
+    """A body paragraph wrapped at 72 columns, as `git log` readers expect."""
+    return _safe_body(
+        textwrap.fill(
+            " ".join(text.split()), BODY_WIDTH, break_long_words=False, break_on_hyphens=False
+        )
+    )
 
 
 def _subject(kind: str, title: str) -> str:
@@ -64,9 +75,9 @@ def commit_message(
     """Subject, a body saying what improved and why, then the Nomic-* git trailers."""
     paragraphs: list[str] = [_subject(design.kind, design.title)]
     if design.rationale.strip():
-        paragraphs.append(_safe_body(design.rationale))
+        paragraphs.append(_prose(design.rationale))
     if changeset.summary.strip():
-        paragraphs.append("Implementation: " + _safe_body(changeset.summary))
+        paragraphs.append(_prose("Implementation: " + changeset.summary))
 
     files = [f"Changed files (+{changeset.lines_added}/-{changeset.lines_removed}):"]
     for f in changeset.files:
@@ -92,7 +103,7 @@ def commit_message(
         decision.append(
             f"{len(debate.proposals)} proposal(s), {len(debate.critiques)} critique(s)."
         )
-    paragraphs.append(_safe_body(" ".join(decision)))
+    paragraphs.append(_prose(" ".join(decision)))
 
     if verification is not None:
         gates = verification.gates
@@ -102,7 +113,7 @@ def commit_message(
             checks += (
                 f"; tests: {summarize_tests(verification.tests)} ({verification.tests.command})"
             )
-        paragraphs.append(_safe_body(checks + "."))
+        paragraphs.append(_prose(checks + "."))
 
     trailers = [
         ("Nomic-Cycle", cycle_id),
