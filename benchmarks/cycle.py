@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from nomic_dagster.cycle import run_cycle  # noqa: E402
 from nomic_dagster.definitions import build_defs  # noqa: E402
 from nomic_dagster.history import CycleHistory  # noqa: E402
+from nomic_dagster.orchestration.instance import isolated_home  # noqa: E402
 from nomic_dagster.orchestration.resources import NomicResource  # noqa: E402
 from nomic_dagster.records import CycleRecord, Phase  # noqa: E402
 from nomic_dagster.settings import CycleSettings  # noqa: E402
@@ -42,14 +43,7 @@ DAGSTER = str(Path(sys.executable).parent / "dagster")
 
 
 def _home(base: Path) -> Path:
-    home = base / "dagster_home"
-    home.mkdir()
-    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(home)}}
-    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
-    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return home
+    return isolated_home(base / "dagster_home")
 
 
 def direct(base: Path, n: int) -> CycleRecord:

@@ -250,7 +250,9 @@ def close_workspace(ws: Workspace) -> None:
 
 # ---------------------------------------------------------------- change set
 
-_STATUS = {
+# git diff --name-status letters -> FileChange.status
+
+GIT_STATUS = {
     "A": "added",
     "M": "modified",
     "D": "deleted",
@@ -291,7 +293,11 @@ def collect_changes(ws: Workspace, summary: str = "") -> ChangeSet:
         a, r = numstat.get(new, (0, 0))
         files.append(
             FileChange(
-                path=new, status=_STATUS.get(letter, "modified"), added=a, removed=r, old_path=old
+                path=new,
+                status=GIT_STATUS.get(letter, "modified"),
+                added=a,
+                removed=r,
+                old_path=old,
             )  # type: ignore[arg-type]
         )
     diff = git(wt, "diff", "--cached", "-M", ws.base_sha)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import ast
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from nomic_dagster.agents import Agent, build_agent
 from nomic_dagster.agents.base import WorkArea
 from nomic_dagster.agents.test_writer import (
     GUESS,
@@ -252,10 +252,10 @@ def measured(args):
 
 
 base_code, before = measured([existing])
-codes = [measured([existing, new])]
-after = before | codes[0][1]
-codes = [codes[0][0]] + [int(pytest.main(["-q", new])) for _ in range(2)]
-print("RESULT " + json.dumps({"base": base_code, "codes": codes, "before": len(before), "after": len(after)}))
+with_code, with_new = measured([existing, new])
+reruns = [int(pytest.main(["-q", new])) for _ in range(2)]
+result = {"base": base_code, "codes": [with_code, *reruns]}
+print("RESULT " + json.dumps({**result, "before": len(before), "after": len(before | with_new)}))
 """
 
 
@@ -463,6 +463,7 @@ def test_nothing_pinnable_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(ImplementationFailed, match="can be pinned"):
         agent.implement(design, work_area(repo, tmp_path / "scratch", settings, context))
     assert status(repo) == []
+    assert list((tmp_path / "scratch").iterdir()) == []  # its probe files are gone too
 
 
 def test_foreign_design_is_refused(tmp_path: Path) -> None:
@@ -475,7 +476,12 @@ def test_foreign_design_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ImplementationFailed, match=r"other\.py"):
         agent.implement(design, work_area(repo, tmp_path / "scratch", settings, context))
     assert status(repo) == []
-    shutil.rmtree(tmp_path / "scratch")
+
+
+def test_registry_builds_it() -> None:
+    agent = build_agent("test-writer")
+    assert isinstance(agent, TestWriter) and isinstance(agent, Agent)
+    assert (agent.name, agent.kind, agent.criterion) == ("test-writer", "add-tests", "benefit")
 
 
 # ---------------------------------------------------------------- building blocks

@@ -17,12 +17,14 @@ import dagster as dg
 import pytest
 import yaml
 
+from nomic_dagster.orchestration.instance import isolated_home
 from nomic_dagster_tests.repo_builders import make_repo, run_git
 from nomic_dagster_tests.snapshots import checkout_snapshot, nomic_branches, worktrees
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+EXECUTE = ["job", "execute", "-m", "nomic_dagster.definitions", "-j", "nomic_cycle"]
 
 PLANTED = {
     "shapes/__init__.py": '"""Shapes."""\n',
@@ -39,15 +41,7 @@ PLANTED = {
 
 
 def dagster_home(tmp_path: Path) -> Path:
-    """A DAGSTER_HOME whose dagster.yaml is the project's, with storage rooted in tmp."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    config["storage"] = {"sqlite": {"base_dir": str(home)}}
-    config["local_artifact_storage"]["config"]["base_dir"] = str(home)
-    config["compute_logs"]["config"]["base_dir"] = str(home / "logs")
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return home
+    return isolated_home(tmp_path / "dagster_home")
 
 
 def run_cli(args: list[str], home: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -92,18 +86,7 @@ def test_cli_lands_a_verified_commit_and_leaves_the_checkout_alone(tmp_path: Pat
     )
 
     res = run_cli(
-        [
-            "job",
-            "execute",
-            "-m",
-            "nomic_dagster.definitions",
-            "-j",
-            "nomic_cycle",
-            "-c",
-            str(config),
-            "--tags",
-            '{"nomic/cycle_id": "e2e-1"}',
-        ],
+        [*EXECUTE, "-c", str(config), "--tags", '{"nomic/cycle_id": "e2e-1"}'],
         home,
         cwd=tmp_path,
     )
@@ -155,16 +138,7 @@ def test_short_form_with_env_target_and_report(tmp_path: Path) -> None:
 def test_demo_is_the_default_target(tmp_path: Path) -> None:
     home = dagster_home(tmp_path)
     res = run_cli(
-        [
-            "job",
-            "execute",
-            "-m",
-            "nomic_dagster.definitions",
-            "-j",
-            "nomic_cycle",
-            "--tags",
-            '{"nomic/cycle_id": "e2e-demo"}',
-        ],
+        [*EXECUTE, "--tags", '{"nomic/cycle_id": "e2e-demo"}'],
         home,
         cwd=tmp_path,
     )
@@ -179,16 +153,7 @@ def test_bad_input_exits_non_zero_with_the_fix(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": {"repo": str(tmp_path)}}}}))
     res = run_cli(
-        [
-            "job",
-            "execute",
-            "-m",
-            "nomic_dagster.definitions",
-            "-j",
-            "nomic_cycle",
-            "-c",
-            str(config),
-        ],
+        [*EXECUTE, "-c", str(config)],
         home,
         cwd=tmp_path,
     )

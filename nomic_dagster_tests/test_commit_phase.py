@@ -165,7 +165,9 @@ def test_commit_message_subject_body_and_trailers() -> None:
     assert all(len(line) <= 72 for line in body.splitlines() if not line.startswith("- "))
     assert "test-writer:add-tests 2, lint-fixer:lint-fix 1" in prose
     assert "2 of 3 voters" in prose
-    assert "The debate changed the winner: the vote-only round favoured lint-fixer:lint-fix" in prose
+    assert (
+        "The debate changed the winner: the vote-only round favoured lint-fixer:lint-fix" in prose
+    )
     assert "4 passed" in prose
     assert parse_trailers(message) == [
         "Nomic-Cycle: c1",

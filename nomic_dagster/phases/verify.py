@@ -42,19 +42,11 @@ from nomic_dagster.records import (
     Workspace,
 )
 from nomic_dagster.settings import CycleSettings
-from nomic_dagster.workspace import git
+from nomic_dagster.workspace import GIT_STATUS, git
 
 NOT_RUN = "not run: earlier gates failed"
 _SYMLINK, _GITLINK = "120000", "160000"
 _REGULAR = ("100644", "100755")
-_STATUS = {
-    "A": "added",
-    "M": "modified",
-    "D": "deleted",
-    "R": "renamed",
-    "T": "type_changed",
-    "C": "added",
-}
 _MAX_LISTED = 10
 
 
@@ -113,9 +105,9 @@ def _diff_files(wt: Path, base: str, tree: str) -> list[_Change]:
         if letter in ("R", "C"):
             old, new = entries[i + 1], entries[i + 2]
             i += 3
-            out.append(_Change(new, _STATUS[letter], old if letter == "R" else None))
+            out.append(_Change(new, GIT_STATUS[letter], old if letter == "R" else None))
         else:
-            out.append(_Change(entries[i + 1], _STATUS.get(letter, "modified")))
+            out.append(_Change(entries[i + 1], GIT_STATUS.get(letter, "modified")))
             i += 2
     return out
 
