@@ -18,6 +18,7 @@ from pydantic import Field
 
 from nomic_dagster.agents import Agent, build_panel
 from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
+from nomic_dagster.events import EventType, bus, span, tracer
 from nomic_dagster.history import CycleHistory
 from nomic_dagster.phases.commit import commit_change, commit_message
 from nomic_dagster.phases.context import baseline_problem, gather_context
@@ -85,13 +86,22 @@ def start_cycle(
         track=settings.track_enum,
         source="default" if settings.goal == DEFAULT_GOAL else "user",
     )
-    return CycleState(
+    state = CycleState(
         cycle_id=cycle_id or new_cycle_id(),
         run_id=run_id,
         settings=settings,
         goal=goal,
         started_at=utcnow(),
     )
+    bus.emit(
+        EventType.CYCLE_STARTED,
+        state.cycle_id,
+        goal=goal.text,
+        track=goal.track.value,
+        agents=list(settings.agents),
+        run_id=run_id,
+    )
+    return state
 
 
 def _panel(state: CycleState) -> list[Agent]:
@@ -122,6 +132,10 @@ def _debate(state: CycleState) -> CycleState:
     assert state.context is not None
     result = run_debate(state.context, state.goal, _panel(state), state.settings.rule)
     state = state.model_copy(update={"debate": result})
+    for agent, failure in result.agent_failures.items():
+        bus.emit(
+            EventType.AGENT_FAILURE, state.cycle_id, error=failure, agent=agent, phase="debate"
+        )
     if not result.proposals:
         failed = f" ({len(result.agent_failures)} agent(s) failed)" if result.agent_failures else ""
         return state.end(
@@ -142,6 +156,13 @@ def _design(state: CycleState) -> CycleState:
     design = design_change(state.debate, _panel(state), state.context, state.settings)
     scope = check_scope(design, state.settings)
     state = state.model_copy(update={"design": design, "scope": scope})
+    bus.emit(
+        EventType.GATE_DECISION,
+        state.cycle_id,
+        gate="scope",
+        passed=scope.allowed,
+        detail="; ".join(scope.reasons),
+    )
     if not scope.allowed:
         return state.end(Outcome.REJECTED_BY_SCOPE, "; ".join(scope.reasons), Phase.DESIGN)
     return state
@@ -163,6 +184,14 @@ def _verify(state: CycleState) -> CycleState:
     assert state.changeset and state.workspace
     report = verify_change(state.changeset, state.workspace, state.settings)
     state = state.model_copy(update={"verification": report})
+    for gate in report.gates:
+        bus.emit(
+            EventType.GATE_DECISION,
+            state.cycle_id,
+            gate=gate.name,
+            passed=gate.passed,
+            detail=gate.detail,
+        )
     if not report.passed:
         failed = ", ".join(f"{g.name} ({g.detail})" for g in report.failed_gates)
         return state.end(
@@ -207,18 +236,47 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         return state
     log.info("cycle %s: %s started", state.cycle_id, phase.value)
     started = time.perf_counter()
-    try:
-        new = STEPS[phase](state)
-    except BadInput as exc:
-        new = state.end(Outcome.BAD_INPUT, str(exc), phase)
-    except AgentError as exc:
-        outcome = Outcome.IMPLEMENTATION_FAILED if phase is Phase.DESIGN else Outcome.ERROR
-        new = state.end(outcome, str(exc), phase)
-    except Exception as exc:  # the record must say what broke, whatever broke
-        log.error("cycle %s: %s crashed\n%s", state.cycle_id, phase.value, traceback.format_exc())
-        new = state.end(Outcome.ERROR, f"{phase.value} crashed: {type(exc).__name__}: {exc}", phase)
+    error: str | None = None
+    with span(
+        f"nomic.phase.{phase.value}",
+        cycle_id=state.cycle_id,
+        phase=phase.value,
+        track=state.settings.track_enum.value,
+    ) as current:
+        bus.emit(EventType.PHASE_STARTED, state.cycle_id, phase=phase.value)
+        try:
+            new = STEPS[phase](state)
+        except BadInput as exc:
+            new = state.end(Outcome.BAD_INPUT, str(exc), phase)
+        except AgentError as exc:
+            outcome = Outcome.IMPLEMENTATION_FAILED if phase is Phase.DESIGN else Outcome.ERROR
+            new = state.end(outcome, str(exc), phase)
+            bus.emit(
+                EventType.AGENT_FAILURE,
+                state.cycle_id,
+                error=str(exc),
+                agent=exc.agent,
+                phase=phase.value,
+            )
+        except Exception as exc:  # the record must say what broke, whatever broke
+            log.error(
+                "cycle %s: %s crashed\n%s", state.cycle_id, phase.value, traceback.format_exc()
+            )
+            error = f"{phase.value} crashed: {type(exc).__name__}: {exc}"
+            new = state.end(Outcome.ERROR, error, phase)
+            bus.emit(EventType.ERROR, state.cycle_id, error=error, phase=phase.value)
+        if new.outcome is not None:
+            current.set_attribute("nomic.outcome", new.outcome.value)
     elapsed = round(time.perf_counter() - started, 3)
     new = new.model_copy(update={"phase_durations": {**new.phase_durations, phase.value: elapsed}})
+    bus.emit(
+        EventType.PHASE_FINISHED,
+        state.cycle_id,
+        error=error,
+        phase=phase.value,
+        duration_s=elapsed,
+        outcome=new.outcome.value if new.outcome else None,
+    )
     suffix = f" -> {new.outcome.value}: {new.reason}" if new.ended else ""
     log.info("cycle %s: %s finished in %.2fs%s", state.cycle_id, phase.value, elapsed, suffix)
     return new
@@ -278,6 +336,25 @@ def finish_cycle(state: CycleState) -> CycleRecord:
         )
     record = to_record(state)
     CycleHistory(state_dir(state.settings)).append(record)
+    cycle_span = tracer.start_span(
+        "nomic.cycle",
+        start_time=int(record.started_at.timestamp() * 1e9),
+        attributes={
+            "nomic.cycle_id": record.cycle_id,
+            "nomic.track": record.track.value,
+            "nomic.agents": ",".join(record.agents),
+            "nomic.outcome": record.outcome.value,
+        },
+    )
+    cycle_span.end(end_time=int(record.finished_at.timestamp() * 1e9))
+    bus.emit(
+        EventType.CYCLE_FINISHED,
+        record.cycle_id,
+        outcome=record.outcome.value,
+        track=record.track.value,
+        duration_s=round(record.duration_s, 3),
+        commit_sha=record.commit_sha,
+    )
     log.info("cycle %s: %s — %s", record.cycle_id, record.outcome.value, record.reason)
     return record
 

@@ -10,7 +10,9 @@ would dominate the run time.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +195,25 @@ class Done:
     summary: str
     text: str
 
+    def dump(self) -> dict[str, str]:
+        return {
+            "repo": str(self.repo),
+            "context": self.context.model_dump_json(),
+            "proposal": self.proposal.model_dump_json(),
+            "summary": self.summary,
+            "text": self.text,
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, str]) -> Done:
+        return cls(
+            Path(data["repo"]),
+            RepoContext.model_validate_json(data["context"]),
+            Proposal.model_validate_json(data["proposal"]),
+            data["summary"],
+            data["text"],
+        )
+
 
 def run_agent(repo: Path, scratch: Path, real_context: bool = False) -> Done:
     settings = settings_for(repo)
@@ -209,14 +230,33 @@ def run_agent(repo: Path, scratch: Path, real_context: bool = False) -> Done:
 MAIN = Spec(package="mathkit", module="core", offset=3, factor=2)
 
 
-@pytest.fixture(scope="module")
-def main_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Done, Done]:
-    """The agent run twice on two clones of the same generated repository."""
-    base = tmp_path_factory.mktemp("tw_main")
+def _two_runs(base: Path) -> tuple[Done, Done]:
     first = make_repo(base / "one", generated_repo(MAIN))
     second = base / "two"
     run_git(base, "clone", "--quiet", str(first), str(second))
     return run_agent(first, base / "scratch1"), run_agent(second, base / "scratch2")
+
+
+@pytest.fixture(scope="module")
+def main_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Done, Done]:
+    """The agent run twice on two clones of the same generated repository.
+
+    Under pytest-xdist every worker would run this module fixture again; the first worker
+    to get here does the work and the others read its results (the tests only read the
+    repositories)."""
+    run_uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run_uid:
+        return _two_runs(tmp_path_factory.mktemp("tw_main"))
+    shared = tmp_path_factory.getbasetemp().parent / f"tw_main_{run_uid}"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = shared / "runs.json"
+        if not results.exists():
+            runs = _two_runs(shared)
+            results.write_text(json.dumps([d.dump() for d in runs]))
+        one, two = (Done.load(d) for d in json.loads(results.read_text()))
+    return one, two
 
 
 def _test_functions(text: str) -> dict[str, str]:

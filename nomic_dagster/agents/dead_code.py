@@ -506,10 +506,7 @@ class DeadCodeRemover(OfflineAgent):
         )
         benefit = round(min(0.85, 0.1 + 0.7 * (1 - math.exp(-lines / 40))), 4)
         return [
-            Proposal(
-                id=f"{self.name}:{self.kind}",
-                agent=self.name,
-                kind=self.kind,
+            self.make_proposal(
                 title=f"Remove dead code from {len(ranked)} file(s)",
                 description=(
                     f"Delete {summary}. Names were searched as whole words in every Python "

@@ -203,10 +203,7 @@ class LintFixer(OfflineAgent):
             f" ({_code_summary(codes)})" if codes else ""
         )
         return [
-            Proposal(
-                id=f"{self.name}:{self.kind}",
-                agent=self.name,
-                kind=self.kind,
+            self.make_proposal(
                 title=f"Apply ruff's safe fixes and formatting to {len(paths)} file(s)",
                 description=(
                     f"Run `ruff check --fix` (safe fixes only, never --unsafe-fixes) and "

@@ -71,6 +71,31 @@ class OfflineAgent(ABC):
     def plan_steps(self, proposal: Proposal) -> list[str]:
         """The concrete steps this agent will take for its own proposal."""
 
+    def make_proposal(
+        self,
+        *,
+        title: str,
+        description: str,
+        files: list[str],
+        evidence: list[str],
+        benefit: float,
+        risk: float,
+        estimated_lines: int,
+    ) -> Proposal:
+        """This agent's one proposal: its id is "<name>:<kind>", unique within a debate."""
+        return Proposal(
+            id=f"{self.name}:{self.kind}",
+            agent=self.name,
+            kind=self.kind,
+            title=title,
+            description=description,
+            files=files,
+            evidence=evidence,
+            benefit=benefit,
+            risk=risk,
+            estimated_lines=estimated_lines,
+        )
+
     # ------------------------------------------------------------ debate
 
     def critique(self, proposal: Proposal, context: RepoContext, goal: Goal) -> Critique:

@@ -1238,10 +1238,7 @@ class TestWriter(OfflineAgent):
         )
         modules = ", ".join(p.module for p in chosen)
         return [
-            Proposal(
-                id=f"{self.name}:{self.kind}",
-                agent=self.name,
-                kind=self.kind,
+            self.make_proposal(
                 title=f"Add characterization tests for {functions} untested function(s) in {modules}",
                 description=(
                     f"{untested} of {public} public functions in {modules} are never named in a "
@@ -1349,9 +1346,10 @@ class TestWriter(OfflineAgent):
             for m in [m for m in modules if not m.tests]:
                 self._remove(m, worktree, written)
             modules = [m for m in modules if m.tests]
+            if changed:
+                problems.extend(n for n in notes[:3] if n not in problems)
             if not changed or not modules:
                 break
-            problems.extend(n for n in notes[:3] if n not in problems)
         if not modules:
             raise ImplementationFailed(
                 f"{self.name}: no generated test passed {RERUNS} runs"
@@ -1370,8 +1368,10 @@ class TestWriter(OfflineAgent):
             )
         if dirty or any(m.dropped_no_coverage for m in survivors):
             # every survivor passed all runs; the file only loses the tests that were dropped
-            self._write(survivors, worktree, written)
-        return self._summary(survivors)
+            lint = self._write(survivors, worktree, written)
+        summary = self._summary(survivors)
+        # only the target's own, stricter ruff rules can still complain here
+        return f"{summary}; {lint.splitlines()[0]}" if lint else summary
 
     # ------------------------------------------------------------ helpers
 
