@@ -20,6 +20,7 @@ from nomic_dagster.agents import Agent, build_panel
 from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
 from nomic_dagster.events import EventType, bus, span, tracer
 from nomic_dagster.history import CycleHistory
+from nomic_dagster.metrics import install as _install_metrics  # noqa: F401  (counts every cycle)
 from nomic_dagster.phases.commit import commit_change, commit_message
 from nomic_dagster.phases.context import baseline_problem, gather_context
 from nomic_dagster.phases.debate import run_debate

@@ -93,6 +93,11 @@ class EventBus:
             trace_id=format(span.trace_id, "032x") if span.is_valid else None,
             span_id=format(span.span_id, "016x") if span.is_valid else None,
         )
+        self.publish(event)
+        return event
+
+    def publish(self, event: NomicEvent) -> None:
+        """Deliver an event that already exists, e.g. one forwarded from a phase's child process."""
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
@@ -100,7 +105,13 @@ class EventBus:
                 listener(event)
             except Exception:
                 log.exception("event listener %r failed on %s", listener, event.type)
-        return event
+
+    def clear(self) -> None:
+        """Drop every listener. A forked phase process calls it first (then subscribes only
+        its forwarder), so it takes a new lock rather than one another thread may have held
+        at the fork."""
+        self._lock = threading.Lock()
+        self._listeners = []
 
 
 bus = EventBus()

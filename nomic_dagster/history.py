@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 from pathlib import Path
 
 from nomic_dagster.records import CycleRecord
@@ -14,12 +15,18 @@ class CycleHistory:
     def __init__(self, root: Path) -> None:
         self.path = root / "cycles.jsonl"
 
-    def append(self, record: CycleRecord) -> None:
+    def append(self, record: CycleRecord) -> bool:
+        """Append the record; False (and nothing written) when its cycle is already recorded,
+        as when a resumed cycle finishes a second time."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = record.model_dump_json() + "\n"
-        with self.path.open("a", encoding="utf-8") as fh:
+        with self.path.open("a+", encoding="utf-8") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)  # concurrent runs append whole lines
-            fh.write(line)
+            fh.seek(0)
+            if any(_cycle_id(existing) == record.cycle_id for existing in fh):
+                return False
+            fh.write(line)  # append mode: always at the end
+            return True
 
     def all(self) -> list[CycleRecord]:
         if not self.path.exists():
@@ -39,3 +46,11 @@ class CycleHistory:
 
     def get(self, cycle_id: str) -> CycleRecord | None:
         return next((r for r in reversed(self.all()) if r.cycle_id == cycle_id), None)
+
+
+def _cycle_id(line: str) -> str | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value.get("cycle_id") if isinstance(value, dict) else None

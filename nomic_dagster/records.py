@@ -51,6 +51,9 @@ class Outcome(StrEnum):
     BASELINE_RED = "baseline_red"
     BAD_INPUT = "bad_input"
     ERROR = "error"
+    # The state machine ended the cycle before a gate decided: stop() was called, a custom
+    # handler chose to finish, or recovery skipped the rest after a failed phase.
+    ABANDONED = "abandoned"
 
     @property
     def is_failure(self) -> bool:

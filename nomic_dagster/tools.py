@@ -81,6 +81,10 @@ def run_command(
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         timed_out = True
+    except BaseException:  # Ctrl-C: the group is in its own session, so it must be killed here
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     return CommandResult(
         argv=argv,
         exit_code=-9 if timed_out else proc.returncode,

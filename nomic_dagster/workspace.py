@@ -201,13 +201,21 @@ def open_workspace(settings: CycleSettings, cycle_id: str) -> Workspace:
     origin, path = resolve_target(settings, cycle_id)
     root, base_branch, base_sha = validate_repo(path, settings.base_branch, origin)
     branch = cycle_branch(settings.track_enum, cycle_id)
-    if _git_ok(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"):
-        raise BadInput(f"branch {branch!r} already exists", "use a new cycle id")
     state = state_dir(settings)
     worktree = state / "worktrees" / cycle_id
     scratch = state / "scratch" / cycle_id
-    if worktree.exists():
-        raise BadInput(f"worktree folder {worktree} already exists", "use a new cycle id")
+    # A run of this cycle that was killed leaves its worktree (and perhaps an empty cycle
+    # branch) behind: a resumed or retried CONTEXT replaces them instead of failing.
+    drop_worktree(root, worktree)
+    ref = f"refs/heads/{branch}"
+    if _git_ok(root, "rev-parse", "--verify", "--quiet", ref):
+        tip = git(root, "rev-parse", ref).strip()
+        if not _git_ok(root, "merge-base", "--is-ancestor", tip, base_sha):
+            raise BadInput(
+                f"branch {branch!r} already exists and holds commits that {base_branch} does not",
+                "use a new cycle id, or delete the branch if you do not need it",
+            )
+        git(root, "update-ref", "-d", ref, tip)  # empty: nothing landed on it
     scratch.mkdir(parents=True, exist_ok=True)
     worktree.parent.mkdir(parents=True, exist_ok=True)
     git(root, "worktree", "add", "--quiet", "--detach", str(worktree), base_sha)
@@ -225,8 +233,76 @@ def open_workspace(settings: CycleSettings, cycle_id: str) -> Workspace:
 
 
 def start_branch(ws: Workspace) -> None:
-    """Create the cycle branch at the base commit and switch the worktree onto it."""
-    git(Path(ws.worktree), "switch", "--quiet", "-c", ws.branch, ws.base_sha)
+    """Create the cycle branch at the base commit and switch the worktree onto it.
+
+    When the branch is already there at the base (a killed or retried IMPLEMENT), the
+    worktree is reset onto it and cleaned, so the implementation starts from the base again.
+    """
+    wt = Path(ws.worktree)
+    ref = f"refs/heads/{ws.branch}"
+    if not _git_ok(wt, "rev-parse", "--verify", "--quiet", ref):
+        git(wt, "switch", "--quiet", "-c", ws.branch, ws.base_sha)
+        return
+    tip = git(wt, "rev-parse", ref).strip()
+    if tip != ws.base_sha:
+        raise BadInput(
+            f"cycle branch {ws.branch!r} already has commit {tip[:12]}, which this cycle did not verify",
+            f"delete it (git branch -D {ws.branch}) or start a new cycle",
+        )
+    git(wt, "switch", "--quiet", "--force", "-C", ws.branch, ws.base_sha)
+    git(wt, "clean", "-q", "-fdx")
+
+
+def drop_worktree(root: Path, worktree: Path) -> None:
+    """Remove a worktree folder and git's record of it (nothing when it is not there)."""
+    if worktree.exists():
+        git(root, "worktree", "remove", "--force", str(worktree), check=False)
+        shutil.rmtree(worktree, ignore_errors=True)
+    git(root, "worktree", "prune", check=False)
+
+
+def _is_worktree_root(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    top = git(path, "rev-parse", "--show-toplevel", check=False).strip()
+    return bool(top) and Path(top).resolve() == path.resolve()
+
+
+def reattach_workspace(ws: Workspace) -> None:
+    """Make sure the cycle's worktree is there: a resumed cycle whose folder is gone (or is
+    no longer a worktree) gets it back, detached at the base."""
+    Path(ws.scratch_dir).mkdir(parents=True, exist_ok=True)
+    wt = Path(ws.worktree)
+    if _is_worktree_root(wt):
+        return
+    root = Path(ws.source_repo)
+    drop_worktree(root, wt)
+    wt.parent.mkdir(parents=True, exist_ok=True)
+    git(root, "worktree", "add", "--quiet", "--detach", str(wt), ws.base_sha)
+
+
+def reset_to_base(ws: Workspace) -> None:
+    """The worktree detached and clean at the base commit (a re-run of DEBATE or DESIGN)."""
+    reattach_workspace(ws)
+    wt = Path(ws.worktree)
+    git(wt, "checkout", "--quiet", "--force", "--detach", ws.base_sha)
+    git(wt, "clean", "-q", "-fdx")
+
+
+def restore_changeset(ws: Workspace, changes: ChangeSet) -> None:
+    """The worktree on the cycle branch with exactly the change set's tree staged and checked
+    out, nothing else (a re-run of VERIFY or COMMIT). The branch itself is not moved: a
+    commit this cycle already made on it stays."""
+    reattach_workspace(ws)
+    wt = Path(ws.worktree)
+    ref = f"refs/heads/{ws.branch}"
+    head = git(wt, "symbolic-ref", "-q", "HEAD", check=False).strip()
+    if not _git_ok(wt, "rev-parse", "--verify", "--quiet", ref):
+        git(wt, "switch", "--quiet", "--force", "-c", ws.branch, ws.base_sha)
+    elif head != ref:
+        git(wt, "switch", "--quiet", "--force", ws.branch)
+    git(wt, "read-tree", "--reset", "-u", changes.tree_sha)
+    git(wt, "clean", "-q", "-fdx")
 
 
 def close_workspace(ws: Workspace) -> None:
@@ -235,11 +311,7 @@ def close_workspace(ws: Workspace) -> None:
     Safe to call twice and after a partial open.
     """
     root = Path(ws.source_repo)
-    worktree = Path(ws.worktree)
-    if worktree.exists():
-        git(root, "worktree", "remove", "--force", str(worktree), check=False)
-        shutil.rmtree(worktree, ignore_errors=True)
-    git(root, "worktree", "prune", check=False)
+    drop_worktree(root, Path(ws.worktree))
     ref = f"refs/heads/{ws.branch}"
     if _git_ok(root, "rev-parse", "--verify", "--quiet", ref):
         tip = git(root, "rev-parse", ref).strip()

@@ -7,7 +7,11 @@ Each expects the small repository built by `gate_repo()`.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import time
 from typing import ClassVar
 
 from nomic_dagster.agents.base import WorkArea
@@ -166,3 +170,119 @@ class Crasher(ScriptedAgent):
 
 def spec(cls: type) -> str:
     return f"{__name__}:{cls.__name__}"
+
+
+class ProposeRaiser(ScriptedAgent):
+    """Raises in every propose (an agent whose backend is down); counts its calls."""
+
+    name = "propose-raiser"
+    calls: ClassVar[list[str]] = []
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        ProposeRaiser.calls.append("propose")
+        raise ConnectionError("backend unreachable")
+
+
+class GarbageDesigner(ScriptedAgent):
+    """Returns something that is not a Design: the design phase crashes (an ERROR event)."""
+
+    name = "garbage-designer"
+
+    def design(self, proposal: Proposal, context: RepoContext, settings: CycleSettings) -> Design:
+        return "not a design"  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- state machine tests
+
+
+def _note(step: str) -> None:
+    """Append one line per agent call to $NOMIC_TEST_CALLS (tests count debates, designs...)."""
+    path = os.environ.get("NOMIC_TEST_CALLS")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(step + "\n")
+
+
+class Sleeper(ScriptedAgent):
+    """Hangs in `propose` (and in a `sleep` it starts in a session of its own), so DEBATE
+    times out; writes both pids to $NOMIC_TEST_PIDS so a test can check they were killed."""
+
+    name = "sleeper"
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        path = os.environ.get("NOMIC_TEST_PIDS")
+        if path:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"{os.getpid()} {child.pid}\n")
+        _note("propose")
+        time.sleep(300)
+        return super().propose(context, goal)
+
+
+class CrashAgent(ScriptedAgent):
+    """A good agent that kills the process running the cycle (pid $CRASH_RUNNER_PID) once,
+    in the middle of the step named by $CRASH_AT (design or implement), as a power cut
+    would. $CRASH_MARKER records that it happened, so the resumed run goes through."""
+
+    name = "crashy"
+
+    @staticmethod
+    def _maybe_crash(step: str) -> None:
+        marker = os.environ.get("CRASH_MARKER")
+        if os.environ.get("CRASH_AT") != step or not marker or os.path.exists(marker):
+            return
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write(step)
+        os.kill(int(os.environ["CRASH_RUNNER_PID"]), signal.SIGKILL)
+        time.sleep(60)  # the machine's death takes this process down
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        _note("propose")
+        return super().propose(context, goal)
+
+    def design(self, proposal: Proposal, context: RepoContext, settings: CycleSettings) -> Design:
+        _note("design")
+        self._maybe_crash("design")
+        return super().design(proposal, context, settings)
+
+    def implement(self, design: Design, area: WorkArea) -> str:
+        _note("implement")
+        # half of the work, then the crash: a resumed IMPLEMENT must start from a clean tree
+        (area.worktree / "half_done.py").write_text("PARTIAL = True\n")
+        path = area.worktree / "calc" / "ops.py"
+        path.write_text(path.read_text() + "\n# partial edit\n")
+        self._maybe_crash("implement")
+        path.write_text(path.read_text().replace("\n# partial edit\n", ""))
+        (area.worktree / "half_done.py").unlink()
+        return super().implement(design, area)
+
+
+# ---------------------------------------------------------------- learning tests
+
+
+class SpendingAgent(ScriptedAgent):
+    """A good agent that pays for its calls the way LLM agents do: its proposal is one
+    priced call recorded in the cycle's budget (`pricing.cycle_budget`, keyed by the
+    worktree), which the cycle store reads back as this agent's tokens and USD."""
+
+    name = "spender"
+    kind = "scripted-paid"
+    USD: ClassVar[float] = 0.015
+    TOKENS: ClassVar[tuple[int, int]] = (1200, 300)
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        from nomic_dagster.pricing import LLMCall, Usage, cycle_budget
+
+        budget = cycle_budget(context.root, None)
+        reservation = budget.reserve(self.USD, f"{self.name} propose")
+        call = LLMCall(
+            agent=self.name,
+            provider="scripted",
+            model="scripted-1",
+            step="propose",
+            usage=Usage(input_tokens=self.TOKENS[0], output_tokens=self.TOKENS[1], usd=self.USD),
+        )
+        budget.settle(reservation, call.usage.usd)
+        budget.record(call)
+        return super().propose(context, goal)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nomic_dagster.recovery import get_breaker_registry
 from nomic_dagster_tests.repo_builders import GIT_ENV
 
 REQUIRE_SERVICES = os.environ.get("NOMIC_REQUIRE_SERVICES") == "1"
@@ -31,6 +32,12 @@ def _isolated_env(
     for key, value in GIT_ENV.items():
         monkeypatch.setenv(key, value)
     return state
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> None:
+    """Circuit breakers are process-wide; a test starts with none (agents share names)."""
+    get_breaker_registry().clear()
 
 
 @pytest.fixture

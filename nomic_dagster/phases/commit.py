@@ -129,9 +129,16 @@ def commit_message(
 def commit_change(
     workspace: Workspace, changeset: ChangeSet, message: str, auto_merge: bool
 ) -> CommitResult:
-    """Commit the verified index on the cycle branch; fast-forward the base only if asked and safe."""
+    """Commit the verified index on the cycle branch; fast-forward the base only if asked and safe.
+
+    Idempotent: when the branch tip already is this cycle's commit of exactly the verified
+    tree (a COMMIT that was killed after it landed, then resumed), that commit is adopted.
+    """
     repo = gitpython.Repo(workspace.worktree)
     try:
+        adopted = _commit_of_this_cycle(repo, workspace, changeset)
+        if adopted is not None:
+            return _finish(workspace, adopted.hexsha, str(adopted.message), auto_merge)
         staged = repo.git.write_tree()
         if staged != changeset.tree_sha:
             raise NomicError(
@@ -172,13 +179,39 @@ def commit_change(
             ) from exc
     finally:
         repo.close()
+    return _finish(workspace, sha, message, auto_merge)
 
+
+def _finish(workspace: Workspace, sha: str, message: str, auto_merge: bool) -> CommitResult:
     merged, note = False, "auto-merge is off: the branch is left for review"
     if auto_merge:
-        merged, note = _fast_forward_base(workspace, sha)
+        base = _ref_sha(Path(workspace.source_repo), f"refs/heads/{workspace.base_branch}")
+        if base == sha:
+            merged, note = True, f"{workspace.base_branch} is already at {sha[:12]}"
+        else:
+            merged, note = _fast_forward_base(workspace, sha)
     return CommitResult(
         sha=sha, branch=workspace.branch, message=message, merged=merged, merge_note=note
     )
+
+
+def _commit_of_this_cycle(
+    repo: gitpython.Repo, workspace: Workspace, changeset: ChangeSet
+) -> gitpython.Commit | None:
+    """The branch tip, when it is this cycle's commit of the verified tree on the base."""
+    tip = _ref_sha(Path(workspace.worktree), f"refs/heads/{workspace.branch}")
+    if tip is None or tip == workspace.base_sha:
+        return None
+    commit = repo.commit(tip)
+    trailer = re.search(r"^Nomic-Cycle: *(\S+) *$", str(commit.message), re.MULTILINE)
+    if (
+        trailer is None
+        or trailer.group(1) != workspace.cycle_id
+        or commit.tree.hexsha != changeset.tree_sha
+        or [p.hexsha for p in commit.parents] != [workspace.base_sha]
+    ):
+        return None
+    return commit
 
 
 # ---------------------------------------------------------------- auto-merge

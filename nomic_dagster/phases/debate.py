@@ -22,14 +22,19 @@ from nomic_dagster.records import (
     RepoContext,
     Vote,
 )
+from nomic_dagster.recovery import CircuitOpenError, guarded_call
 
 T = TypeVar("T")
 
 
 def _attempt(agent: Agent, step: str, failures: dict[str, str], fn: Callable[[], T]) -> T | None:
-    """Run one agent step; a failing agent drops out of the debate instead of ending it."""
+    """Run one agent step through its circuit breaker; a failing agent drops out of the
+    debate instead of ending it, and an agent whose breaker is open is not called at all."""
     try:
-        return fn()
+        return guarded_call(agent.name, fn)
+    except CircuitOpenError as exc:
+        failures.setdefault(agent.name, f"{step}: {exc}"[:500])
+        return None
     except Exception as exc:  # an agent's bug must not end the cycle
         failures.setdefault(agent.name, f"{step}: {type(exc).__name__}: {exc}"[:500])
         return None

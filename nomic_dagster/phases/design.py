@@ -12,6 +12,7 @@ from nomic_dagster import pathrules
 from nomic_dagster.agents import Agent
 from nomic_dagster.errors import AgentError
 from nomic_dagster.records import DebateResult, Design, RepoContext, ScopeDecision
+from nomic_dagster.recovery import CircuitOpenError, guarded_call
 from nomic_dagster.settings import CycleSettings
 
 
@@ -32,7 +33,9 @@ def design_change(
     agent = winning_agent(debate, panel)
     assert proposal is not None
     try:
-        design = agent.design(proposal, context, settings)
+        design = guarded_call(agent.name, lambda: agent.design(proposal, context, settings))
+    except CircuitOpenError as exc:
+        raise AgentError(agent.name, "design", str(exc)) from exc
     except Exception as exc:
         raise AgentError(agent.name, "design", f"{type(exc).__name__}: {exc}") from exc
     if design.proposal_id != proposal.id:

@@ -7,6 +7,7 @@ from pathlib import Path
 from nomic_dagster.agents import Agent, WorkArea
 from nomic_dagster.errors import ImplementationFailed
 from nomic_dagster.records import ChangeSet, Design, RepoContext, Workspace
+from nomic_dagster.recovery import CircuitOpenError, guarded_call
 from nomic_dagster.settings import CycleSettings
 from nomic_dagster.workspace import collect_changes, start_branch
 
@@ -26,7 +27,12 @@ def implement_design(
         context=context,
     )
     try:
-        summary = agent.implement(design, area)
+        # ImplementationFailed is the agent answering "cannot be done": not a fault of the agent
+        summary = guarded_call(
+            agent.name, lambda: agent.implement(design, area), benign=(ImplementationFailed,)
+        )
+    except CircuitOpenError as exc:
+        raise ImplementationFailed(f"{agent.name} was not called: {exc}") from exc
     except ImplementationFailed:
         raise
     except Exception as exc:
