@@ -1,6 +1,6 @@
 """`nomic`: run a cycle, show status and history, resume a checkpoint, serve metrics.
 
-    nomic run --repo PATH --goal "..."     one cycle on a repository (the demo when no repo)
+    nomic run --repo PATH --goal "..."     one cycle on a repository (--repo demo: the bundled demo)
     nomic status                           the latest cycle (and checkpoint)
     nomic history [--limit N] [--json]     recent cycles as a table
     nomic resume CYCLE_ID                  continue a cycle from its checkpoint
@@ -93,8 +93,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser, track: bool = True) 
     g = parser.add_argument_group("cycle settings (see README: Run config)")
     g.add_argument(
         "--repo",
-        help="target repository: a local path or a git URL (default: $NOMIC_REPO, "
-        "else a fresh copy of the bundled demo)",
+        help="target repository: a local path, a git URL, or 'demo' for a fresh copy of the "
+        "bundled demo (default: $NOMIC_REPO, else the git repository of the current directory)",
     )
     g.add_argument("--goal", help="what the agents should improve")
     if track:

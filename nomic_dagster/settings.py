@@ -34,8 +34,8 @@ class CycleSettings(BaseModel):
     repo: Annotated[
         str | None,
         Field(
-            description="Target repository: a local path or a git URL. Empty: $NOMIC_REPO, "
-            "else the bundled demo repository (copied fresh each run)."
+            description="Target repository: a local path, a git URL, or 'demo'. Empty: "
+            "$NOMIC_REPO, else the bundled demo repository (copied fresh each run)."
         ),
     ] = None
     base_branch: Annotated[

@@ -108,10 +108,11 @@ def _clone(url: str, clones: Path) -> Path:
 
 
 def resolve_target(settings: CycleSettings, cycle_id: str) -> tuple[str, Path]:
-    """(origin, repository path): run config, then $NOMIC_REPO, then the bundled demo."""
+    """(origin, repository path): run config, then $NOMIC_REPO, then the bundled demo
+    (also named explicitly as "demo")."""
     target = settings.repo or os.environ.get("NOMIC_REPO") or ""
     state = state_dir(settings)
-    if not target.strip():
+    if not target.strip() or target.strip() == "demo":
         return "demo", materialize_demo(state / "demo" / cycle_id)
     target = target.strip()
     if is_url(target):

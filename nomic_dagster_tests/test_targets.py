@@ -68,3 +68,9 @@ def test_demo_is_copied_fresh_for_every_cycle() -> None:
         assert run_git(repo, "log", "--format=%s", "main").splitlines() == ["demo: initial import"]
     # the bundled files themselves are never modified
     assert not (DEMO_REPO / ".git").exists()
+
+
+def test_demo_can_be_named_explicitly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOMIC_REPO", str(tmp_path / "ignored"))  # the config wins over the env
+    record = run_cycle(CycleSettings(repo="demo", agents=GOOD, goal="x"))
+    assert record.origin == "demo" and Path(record.repo).is_relative_to(state_dir() / "demo")
