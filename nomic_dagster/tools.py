@@ -42,8 +42,17 @@ class CommandResult:
         return self.stdout + ("\n" + self.stderr if self.stderr else "")
 
 
+_SECRET_SUFFIXES = ("_API_KEY", "_AUTH_TOKEN", "_SECRET", "_SECRET_KEY", "_PASSWORD", "_TOKEN")
+
+
+def _withheld(name: str) -> bool:
+    """Variables a target's tests never see: our pytest's own, and secrets — the tests run
+    code an agent just wrote, which must not be able to read the LLM keys."""
+    return name.startswith(("PYTEST_", "COV_CORE")) or name.upper().endswith(_SECRET_SUFFIXES)
+
+
 def tool_env(scratch: Path | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_CORE"))}
+    env = {k: v for k, v in os.environ.items() if not _withheld(k)}
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"

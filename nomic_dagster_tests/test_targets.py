@@ -74,3 +74,14 @@ def test_demo_can_be_named_explicitly(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("NOMIC_REPO", str(tmp_path / "ignored"))  # the config wins over the env
     record = run_cycle(CycleSettings(repo="demo", agents=GOOD, goal="x"))
     assert record.origin == "demo" and Path(record.repo).is_relative_to(state_dir() / "demo")
+
+
+def test_secrets_never_reach_the_target_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomic_dagster.tools import tool_env
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-leak-me")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-leak-me")
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp-leak-me")
+    env = tool_env()
+    assert not {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GITHUB_TOKEN"} & set(env)
+    assert env["PATH"] and env["PYTHONDONTWRITEBYTECODE"] == "1"

@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from nomic_dagster.agents.base import Agent, WorkArea
 from nomic_dagster.errors import BadInput
 
+if TYPE_CHECKING:
+    from nomic_dagster.pricing import Budget
+
 AgentFactory = Callable[[], Agent]
+LLMFactory = Callable[["Budget | None"], Agent]
+
+
+def _llm_builtin() -> dict[str, LLMFactory]:
+    """LLM backends, configured from the environment (keys, base URLs, models, budget)."""
+    from nomic_dagster.agents.anthropic_agent import AnthropicAgent
+    from nomic_dagster.agents.openai_agent import OpenAIAgent
+
+    return {
+        "claude": lambda budget: AnthropicAgent.from_env("claude", budget=budget),
+        "gpt": lambda budget: OpenAIAgent.from_env("gpt", budget=budget),
+        "openai-compatible": lambda budget: OpenAIAgent.from_env(
+            "openai-compatible", compatible=True, budget=budget
+        ),
+    }
 
 
 def _builtin() -> dict[str, AgentFactory]:
@@ -20,7 +39,9 @@ def _builtin() -> dict[str, AgentFactory]:
     return {"lint-fixer": LintFixer, "test-writer": TestWriter, "dead-code": DeadCodeRemover}
 
 
-BUILTIN_AGENT_NAMES: tuple[str, ...] = ("lint-fixer", "test-writer", "dead-code")
+OFFLINE_AGENT_NAMES: tuple[str, ...] = ("lint-fixer", "test-writer", "dead-code")
+LLM_AGENT_NAMES: tuple[str, ...] = ("claude", "gpt", "openai-compatible")
+BUILTIN_AGENT_NAMES: tuple[str, ...] = OFFLINE_AGENT_NAMES + LLM_AGENT_NAMES
 
 
 def _from_import_path(spec: str) -> Agent:
@@ -41,29 +62,42 @@ def _from_import_path(spec: str) -> Agent:
     return agent
 
 
-def build_agent(name: str) -> Agent:
+def build_agent(name: str, budget: Budget | None = None) -> Agent:
+    """The agent `name`. LLM agents share `budget` when given; without one they share a
+    budget per cycle from $NOMIC_BUDGET_USD. A missing key or an unpriced model is BadInput."""
     if ":" in name:
         return _from_import_path(name)
+    if name in LLM_AGENT_NAMES:
+        return _llm_builtin()[name](budget)
     factories = _builtin()
     if name not in factories:
         raise BadInput(
             f"unknown agent {name!r}",
-            f"use one of {', '.join(sorted(factories))}, or an import path 'package.module:Class'",
+            f"use one of {', '.join(BUILTIN_AGENT_NAMES)}, or an import path "
+            "'package.module:Class'",
         )
     return factories[name]()
 
 
-def build_panel(names: Iterable[str]) -> list[Agent]:
+def build_panel(names: Iterable[str], budget: Budget | None = None) -> list[Agent]:
     names = list(names)
     if not names:
         raise BadInput("the agent panel is empty", "name at least one agent in `agents`")
     if len(set(names)) != len(names):
         raise BadInput(f"agent names repeat in {names}", "name each agent once")
-    agents = [build_agent(n) for n in names]
+    agents = [build_agent(n, budget) for n in names]
     seen = [a.name for a in agents]
     if len(set(seen)) != len(seen):
         raise BadInput(f"two agents share a name in {seen}", "give each agent a distinct name")
     return agents
 
 
-__all__ = ["BUILTIN_AGENT_NAMES", "Agent", "WorkArea", "build_agent", "build_panel"]
+__all__ = [
+    "BUILTIN_AGENT_NAMES",
+    "LLM_AGENT_NAMES",
+    "OFFLINE_AGENT_NAMES",
+    "Agent",
+    "WorkArea",
+    "build_agent",
+    "build_panel",
+]
