@@ -55,8 +55,8 @@ class CycleSettings(BaseModel):
     agents: Annotated[
         list[str],
         Field(
-            description="The agent panel: built-in names (lint-fixer, test-writer, dead-code) "
-            "or import paths 'package.module:ClassName'."
+            description="The agent panel: offline agents (lint-fixer, test-writer, dead-code), "
+            "LLM agents (claude, gpt, openai-compatible) or import paths 'package.module:ClassName'."
         ),
     ] = Field(default_factory=lambda: list(DEFAULT_AGENTS))
     consensus_rule: Annotated[
