@@ -42,7 +42,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "RecoveryDecision": ("nomic_dagster.recovery", "RecoveryDecision"),
     "CircuitBreaker": ("nomic_dagster.recovery", "CircuitBreaker"),
     # records and settings
-    "NomicCycleRecord": ("nomic_dagster.records", "CycleRecord"),
+    "NomicCycleRecord": ("nomic_dagster.cycle_store", "NomicCycleRecord"),
+    "get_cycle_store": ("nomic_dagster.cycle_store", "get_cycle_store"),
     "CycleRecord": ("nomic_dagster.records", "CycleRecord"),
     "Outcome": ("nomic_dagster.records", "Outcome"),
     "Track": ("nomic_dagster.records", "Track"),
@@ -74,6 +75,7 @@ __all__ = [
     "cleanup_old_checkpoints",
     "create_nomic_state_machine",
     "delete_checkpoint",
+    "get_cycle_store",
     "list_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
@@ -93,10 +95,10 @@ if TYPE_CHECKING:  # pragma: no cover
         load_latest_checkpoint,
         save_checkpoint,
     )
+    from nomic_dagster.cycle_store import NomicCycleRecord, get_cycle_store
     from nomic_dagster.errors import BadInput
     from nomic_dagster.loop import NomicLoop
     from nomic_dagster.records import CycleRecord, Outcome, Track
-    from nomic_dagster.records import CycleRecord as NomicCycleRecord
     from nomic_dagster.recovery import (
         CircuitBreaker,
         RecoveryAction,

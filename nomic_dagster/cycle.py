@@ -17,6 +17,7 @@ from datetime import datetime
 from pydantic import Field
 
 from nomic_dagster.agents import Agent, build_panel
+from nomic_dagster.cycle_store import store_cycle
 from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
 from nomic_dagster.events import EventType, bus, span, tracer
 from nomic_dagster.history import CycleHistory
@@ -337,6 +338,7 @@ def finish_cycle(state: CycleState) -> CycleRecord:
         )
     record = to_record(state)
     CycleHistory(state_dir(state.settings)).append(record)
+    store_cycle(state, record)  # the learning record for the cycle store; never raises
     cycle_span = tracer.start_span(
         "nomic.cycle",
         start_time=int(record.started_at.timestamp() * 1e9),

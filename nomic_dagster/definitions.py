@@ -7,18 +7,31 @@ from typing import Any
 
 import dagster as dg
 
-from nomic_dagster.orchestration.assets import cycle_records
+from nomic_dagster.metrics import install as install_metrics
+from nomic_dagster.orchestration.assets import cycle_records, learning_assets, learning_checks
+from nomic_dagster.orchestration.autonomy import PlannerResource
 from nomic_dagster.orchestration.jobs import nomic_cycle, track_jobs
 from nomic_dagster.orchestration.resources import NomicResource
+from nomic_dagster.orchestration.schedules import track_schedules
+from nomic_dagster.orchestration.sensors import (
+    learning_automation_sensor,
+    planner_sensor,
+    reset_track_job,
+    track_failure_sensor,
+)
 
 
 def build_defs(resource_overrides: Mapping[str, Any] | None = None) -> dg.Definitions:
     """All definitions; tests pass resource overrides (Definitions.merge cannot replace them)."""
-    resources: dict[str, Any] = {"nomic": NomicResource()}
+    install_metrics(serve_from_env=True)  # $NOMIC_METRICS_PORT: serve /metrics from here
+    resources: dict[str, Any] = {"nomic": NomicResource(), "planner": PlannerResource()}
     resources.update(resource_overrides or {})
     return dg.Definitions(
-        assets=[cycle_records],
-        jobs=[nomic_cycle, *track_jobs],
+        assets=[cycle_records, *learning_assets],
+        asset_checks=learning_checks,
+        jobs=[nomic_cycle, *track_jobs, reset_track_job],
+        sensors=[planner_sensor, track_failure_sensor, learning_automation_sensor],
+        schedules=track_schedules,
         resources=resources,
     )
 

@@ -28,6 +28,11 @@ ACTIVE = {dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED}
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
+def cycle_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """The cycle runs (the automation sensor may add a run of the learning assets)."""
+    return [r for r in instance.get_runs() if r.job_name.startswith("nomic_cycle")]
+
+
 def test_self_hosted_runs_are_held_to_one_at_a_time(tmp_path: Path) -> None:
     home = isolated_home(tmp_path / "home")
     env = {**os.environ, "DAGSTER_HOME": str(home)}
@@ -62,13 +67,13 @@ def test_self_hosted_runs_are_held_to_one_at_a_time(tmp_path: Path) -> None:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                runs = instance.get_runs()
+                runs = cycle_runs(instance)
                 assert len(runs) == 3
                 most_active = max(most_active, sum(r.status in ACTIVE for r in runs))
                 if all(r.status in DONE for r in runs):
                     break
                 time.sleep(0.5)
-            statuses = sorted(r.status.value for r in instance.get_runs())
+            statuses = sorted(r.status.value for r in cycle_runs(instance))
     finally:
         os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait()
