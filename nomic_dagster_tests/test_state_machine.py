@@ -671,8 +671,8 @@ def test_importing_the_package_stays_light() -> None:
         "    TransitionError, StateMetadata, STATE_CONFIG, NomicLoop, NomicCycleRecord,\n"
         "    RecoveryManager, CircuitBreaker, CheckpointManager, list_checkpoints,\n"
         "    load_checkpoint, load_latest_checkpoint)\n"
-        "from nomic_dagster.records import CycleRecord\n"
-        "assert NomicCycleRecord is CycleRecord\n"
+        "from nomic_dagster.cycle_store import NomicCycleRecord as StoreRecord\n"
+        "assert NomicCycleRecord is StoreRecord\n"
         "assert 'dagster' not in sys.modules, 'dagster imported by the state machine'\n"
     )
     res = subprocess.run(
