@@ -657,7 +657,8 @@ def cmd_metrics_server(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- the parser
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """-v, -q and --heartbeat: shared by `nomic` and the scripts."""
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs of nomic_dagster")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument(
@@ -697,7 +698,7 @@ def build_parser() -> Parser:
     )
     run.add_argument("--checkpoint-dir", help="where the state machine keeps checkpoints")
     run.add_argument("--json", action="store_true", help="print the cycle records as JSON")
-    _common(run)
+    add_output_arguments(run)
     run.set_defaults(fn=cmd_run)
 
     status = sub.add_parser(
@@ -734,7 +735,7 @@ def build_parser() -> Parser:
     resume.add_argument("cycle_id", help="the cycle to resume (see `nomic status`)")
     resume.add_argument("--checkpoint-dir", help="checkpoint folder (default: the state machine's)")
     resume.add_argument("--state-dir", help="nomic's state folder")
-    _common(resume)
+    add_output_arguments(resume)
     resume.set_defaults(fn=cmd_resume)
 
     from nomic_dagster.metrics import DEFAULT_ADDR, DEFAULT_PORT, PORT_ENV

@@ -35,6 +35,7 @@ from nomic_dagster.cli import (
     Parser,
     Progress,
     UsageError,
+    add_output_arguments,
     add_settings_arguments,
     configure_logging,
     fail,
@@ -280,11 +281,7 @@ def build_parser() -> Parser:
         "--state-file",
         help="read the input state from this file instead of DIR/<previous phase>.json",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs of nomic_dagster")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    parser.add_argument(
-        "--heartbeat", type=float, default=15.0, metavar="SECONDS", help="progress heartbeat"
-    )
+    add_output_arguments(parser)
     add_settings_arguments(parser)
     return parser
 

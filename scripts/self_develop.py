@@ -31,6 +31,7 @@ from nomic_dagster.cli import (
     Parser,
     Progress,
     UsageError,
+    add_output_arguments,
     add_settings_arguments,
     configure_logging,
     exit_code_for,
@@ -251,11 +252,7 @@ def build_parser() -> Parser:
         help="run every phase without stopping (the default)",
     )
     parser.add_argument("--checkpoint-dir", help="where the state machine keeps checkpoints")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs of nomic_dagster")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    parser.add_argument(
-        "--heartbeat", type=float, default=15.0, metavar="SECONDS", help="progress heartbeat"
-    )
+    add_output_arguments(parser)
     add_settings_arguments(parser)
     return parser
 
