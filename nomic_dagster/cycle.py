@@ -28,6 +28,7 @@ from nomic_dagster.phases.debate import run_debate
 from nomic_dagster.phases.design import check_scope, design_change, winning_agent
 from nomic_dagster.phases.implement import implement_design
 from nomic_dagster.phases.verify import verify_change
+from nomic_dagster.pricing import BudgetExhausted, cycle_spend
 from nomic_dagster.records import (
     ChangeSet,
     CommitResult,
@@ -250,6 +251,8 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
             new = STEPS[phase](state)
         except BadInput as exc:
             new = state.end(Outcome.BAD_INPUT, str(exc), phase)
+        except BudgetExhausted as exc:
+            new = state.end(Outcome.BUDGET_EXHAUSTED, str(exc), phase)
         except AgentError as exc:
             outcome = Outcome.IMPLEMENTATION_FAILED if phase is Phase.DESIGN else Outcome.ERROR
             new = state.end(outcome, str(exc), phase)
@@ -319,6 +322,7 @@ def to_record(state: CycleState) -> CycleRecord:
         branch=state.commit.branch if state.commit else None,
         commit_sha=state.commit.sha if state.commit else None,
         merged=state.commit.merged if state.commit else False,
+        **cycle_spend(state.context.root if state.context else None),
         phase_durations=state.phase_durations,
         started_at=state.started_at,
         finished_at=utcnow(),

@@ -350,6 +350,18 @@ def cycle_budgets() -> dict[str, Budget]:
         return dict(_cycle_budgets)
 
 
+def cycle_spend(key: str | None) -> dict[str, float | int]:
+    """cost_usd, tokens and llm_calls of the cycle whose budget is keyed by `key` (its
+    worktree), as this process saw them; zeros for offline-only cycles."""
+    budget = cycle_budgets().get(key) if key else None
+    calls = budget.calls if budget else []
+    return {
+        "cost_usd": round(sum(c.usage.usd for c in calls), 6),
+        "tokens": sum(c.usage.total_tokens for c in calls),
+        "llm_calls": len(calls),
+    }
+
+
 def forget_cycle_budgets() -> None:
     with _cycle_lock:
         _cycle_budgets.clear()

@@ -49,6 +49,8 @@ class Outcome(StrEnum):
     IMPLEMENTATION_FAILED = "implementation_failed"
     VERIFICATION_FAILED = "verification_failed"
     BASELINE_RED = "baseline_red"
+    # An LLM call was not made because its worst case could cross the cycle's budget.
+    BUDGET_EXHAUSTED = "budget_exhausted"
     BAD_INPUT = "bad_input"
     ERROR = "error"
     # The state machine ended the cycle before a gate decided: stop() was called, a custom
@@ -366,6 +368,9 @@ class CycleRecord(Record):
     branch: str | None = None
     commit_sha: str | None = None
     merged: bool = False
+    cost_usd: float = 0.0  # what the cycle's LLM calls cost (0 for the offline agents)
+    tokens: int = 0
+    llm_calls: int = 0
     phase_durations: dict[str, float] = Field(default_factory=dict)
     started_at: datetime
     finished_at: datetime

@@ -524,8 +524,12 @@ def guarded_call(
     benign: tuple[type[BaseException], ...] = (),
     cycle_id: str | None = None,
 ) -> T:
-    """Call an agent step through its breaker in the process-wide registry."""
-    return get_breaker_registry().get_or_create(agent_id).call(fn, benign=benign, cycle_id=cycle_id)
+    """Call an agent step through its breaker in the process-wide registry. A call the
+    budget refused is not the agent's failure, so it never counts toward opening."""
+    from nomic_dagster.pricing import BudgetExhausted
+
+    breaker = get_breaker_registry().get_or_create(agent_id)
+    return breaker.call(fn, benign=(*benign, BudgetExhausted), cycle_id=cycle_id)
 
 
 # ---------------------------------------------------------------- the manager

@@ -32,6 +32,7 @@ from nomic_dagster.pricing import (
     forget_cycle_budgets,
 )
 from nomic_dagster.records import ConsensusRule, Design, Goal, Outcome, Proposal
+from nomic_dagster.recovery import get_breaker_registry
 from nomic_dagster.settings import state_dir
 from nomic_dagster_tests import llm_scripts as ls
 from nomic_dagster_tests.fake_llm_servers import (
@@ -230,6 +231,8 @@ def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     )
     assert all(c.ok and c.usage.usd > 0 for c in budget.calls)
     assert budget.spent_usd == pytest.approx(sum(c.usage.usd for c in budget.calls))
+    assert record.cost_usd == pytest.approx(budget.spent_usd) and record.cost_usd > 0
+    assert record.llm_calls == len(budget.calls)
 
     # The keys went to the servers and nowhere else: not the state folder (history,
     # worktrees, scratch), not the repository's objects, not the record, not the logs.
@@ -760,11 +763,12 @@ def test_the_budget_runs_out_in_the_middle_of_a_debate_with_bounded_overshoot(
         use_openai(monkeypatch, openai_server)
         budget = Budget(limit_usd=0.15)
         panel = build_panel(["claude", "gpt"], budget=budget)
-        result = run_debate(build_context(calc_repo), goal(), panel, ConsensusRule.TWO_THIRDS)
+        # a refused call ends the debate (and the cycle: budget_exhausted), not one agent
+        with pytest.raises(BudgetExhausted):
+            run_debate(build_context(calc_repo), goal(), panel, ConsensusRule.TWO_THIRDS)
     sent = len(anthropic_server.api_requests()) + len(openai_server.api_requests())
     assert len(budget.calls) == sent  # every request was reserved, priced and recorded
-    assert budget.refused >= 1
-    assert any("budget exhausted" in f for f in result.agent_failures.values())
+    assert budget.refused == 1
     largest = max(c.usage.usd for c in budget.calls)
     assert budget.spent_usd > budget.limit_usd  # the estimate was beaten once ...
     assert budget.spent_usd - budget.limit_usd <= largest  # ... by at most one call
@@ -798,8 +802,12 @@ def test_the_cycle_budget_spans_phases(calc_repo: Path, monkeypatch: pytest.Monk
         "submit_vote",
         "submit_vote",
     ]
-    assert record.outcome is Outcome.IMPLEMENTATION_FAILED
+    assert record.outcome is Outcome.BUDGET_EXHAUSTED
     assert "budget exhausted" in record.reason and record.commit_sha is None
     (budget,) = [b for key, b in cycle_budgets().items() if record.cycle_id in key]
     assert budget.refused == 1 and len(budget.calls) == 3
     assert budget.spent_usd <= budget.limit_usd
+    # the record carries the spend, and a refused call is not the agent's failure
+    assert record.llm_calls == 3 and record.cost_usd == pytest.approx(budget.spent_usd)
+    assert record.tokens == sum(c.usage.total_tokens for c in budget.calls)
+    assert get_breaker_registry().get_or_create("claude").state == "closed"

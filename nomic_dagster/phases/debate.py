@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from nomic_dagster.agents import Agent
+from nomic_dagster.pricing import BudgetExhausted
 from nomic_dagster.records import (
     Consensus,
     ConsensusRule,
@@ -35,6 +36,8 @@ def _attempt(agent: Agent, step: str, failures: dict[str, str], fn: Callable[[],
     except CircuitOpenError as exc:
         failures.setdefault(agent.name, f"{step}: {exc}"[:500])
         return None
+    except BudgetExhausted:
+        raise  # money, not the agent's fault: the cycle ends with budget_exhausted
     except Exception as exc:  # an agent's bug must not end the cycle
         failures.setdefault(agent.name, f"{step}: {type(exc).__name__}: {exc}"[:500])
         return None

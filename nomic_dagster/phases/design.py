@@ -11,6 +11,7 @@ from __future__ import annotations
 from nomic_dagster import pathrules
 from nomic_dagster.agents import Agent
 from nomic_dagster.errors import AgentError
+from nomic_dagster.pricing import BudgetExhausted
 from nomic_dagster.records import DebateResult, Design, RepoContext, ScopeDecision
 from nomic_dagster.recovery import CircuitOpenError, guarded_call
 from nomic_dagster.settings import CycleSettings
@@ -36,6 +37,8 @@ def design_change(
         design = guarded_call(agent.name, lambda: agent.design(proposal, context, settings))
     except CircuitOpenError as exc:
         raise AgentError(agent.name, "design", str(exc)) from exc
+    except BudgetExhausted:
+        raise
     except Exception as exc:
         raise AgentError(agent.name, "design", f"{type(exc).__name__}: {exc}") from exc
     if design.proposal_id != proposal.id:

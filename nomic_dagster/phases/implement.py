@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nomic_dagster.agents import Agent, WorkArea
 from nomic_dagster.errors import ImplementationFailed
+from nomic_dagster.pricing import BudgetExhausted
 from nomic_dagster.records import ChangeSet, Design, RepoContext, Workspace
 from nomic_dagster.recovery import CircuitOpenError, guarded_call
 from nomic_dagster.settings import CycleSettings
@@ -33,7 +34,7 @@ def implement_design(
         )
     except CircuitOpenError as exc:
         raise ImplementationFailed(f"{agent.name} was not called: {exc}") from exc
-    except ImplementationFailed:
+    except (ImplementationFailed, BudgetExhausted):
         raise
     except Exception as exc:
         raise ImplementationFailed(f"{agent.name} crashed: {type(exc).__name__}: {exc}") from exc
