@@ -356,7 +356,7 @@ def cycle_spend(key: str | None) -> dict[str, float | int]:
     budget = cycle_budgets().get(key) if key else None
     calls = budget.calls if budget else []
     return {
-        "cost_usd": round(sum(c.usage.usd for c in calls), 6),
+        "cost_usd": round(sum(c.usage.usd for c in calls), 8),
         "tokens": sum(c.usage.total_tokens for c in calls),
         "llm_calls": len(calls),
     }
