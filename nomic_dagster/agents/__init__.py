@@ -30,6 +30,13 @@ def _llm_builtin() -> dict[str, LLMFactory]:
     }
 
 
+def _cli_builtin() -> dict[str, AgentFactory]:
+    """CLI coding agents (implementers); building one finds its executable or is BadInput."""
+    from nomic_dagster.agents.cli_agent import ClaudeCodeAgent, CodexAgent
+
+    return {"claude-code": ClaudeCodeAgent, "codex": CodexAgent}
+
+
 def _builtin() -> dict[str, AgentFactory]:
     # Imported lazily so that listing names does not import every backend's dependencies.
     from nomic_dagster.agents.dead_code import DeadCodeRemover
@@ -41,7 +48,8 @@ def _builtin() -> dict[str, AgentFactory]:
 
 OFFLINE_AGENT_NAMES: tuple[str, ...] = ("lint-fixer", "test-writer", "dead-code")
 LLM_AGENT_NAMES: tuple[str, ...] = ("claude", "gpt", "openai-compatible")
-BUILTIN_AGENT_NAMES: tuple[str, ...] = OFFLINE_AGENT_NAMES + LLM_AGENT_NAMES
+CLI_AGENT_NAMES: tuple[str, ...] = ("claude-code", "codex")
+BUILTIN_AGENT_NAMES: tuple[str, ...] = OFFLINE_AGENT_NAMES + LLM_AGENT_NAMES + CLI_AGENT_NAMES
 
 
 def _from_import_path(spec: str) -> Agent:
@@ -69,6 +77,8 @@ def build_agent(name: str, budget: Budget | None = None) -> Agent:
         return _from_import_path(name)
     if name in LLM_AGENT_NAMES:
         return _llm_builtin()[name](budget)
+    if name in CLI_AGENT_NAMES:
+        return _cli_builtin()[name]()
     factories = _builtin()
     if name not in factories:
         raise BadInput(
@@ -94,6 +104,7 @@ def build_panel(names: Iterable[str], budget: Budget | None = None) -> list[Agen
 
 __all__ = [
     "BUILTIN_AGENT_NAMES",
+    "CLI_AGENT_NAMES",
     "LLM_AGENT_NAMES",
     "OFFLINE_AGENT_NAMES",
     "Agent",

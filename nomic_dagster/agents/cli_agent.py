@@ -1,0 +1,311 @@
+"""CLI coding agents (`claude -p`, `codex exec`) as implementers inside the cycle's worktree.
+
+A CLI agent is an *implementer*: it proposes nothing (`propose` returns []) and takes part
+in the debate the way an offline agent does, by arithmetic over the evidence in the
+proposals (criterion "size": small diffs are easy to review and to revert). Its `implement`
+runs the CLI non-interactively in the worktree — stdin closed, cwd the worktree, the whole
+process group killed at `$NOMIC_CLI_AGENT_TIMEOUT_S` (default 1200 s) — with a prompt built
+from the design. Another agent can hand its winning design to a CLI agent by calling its
+`implement` (see the tests' delegating proposer). The CLI never commits; the loop's verify
+gates judge the final diff whatever the CLI reports.
+
+The executable is found on PATH (`claude`, `codex`) or given by `$NOMIC_CLAUDE_CODE_BIN` /
+`$NOMIC_CODEX_BIN`; a missing one is BadInput when the panel is built. Subprocesses get
+`tools.tool_env` (which withholds every secret) plus only this agent's own API key. The
+cost the CLI reports (`total_cost_usd` for claude, token usage events for codex) is
+recorded as an `LLMCall` in `agent.usage` and in the cycle's budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nomic_dagster.agents.base import WorkArea
+from nomic_dagster.agents.llm import env_number, redact
+from nomic_dagster.agents.offline import Criterion, OfflineAgent
+from nomic_dagster.errors import BadInput, ImplementationFailed
+from nomic_dagster.pricing import LLMCall, Usage, budget_from_env, cycle_budget
+from nomic_dagster.records import Design, Goal, Proposal, RepoContext
+from nomic_dagster.tools import CommandResult, run_command
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "NOMIC_CLI_AGENT_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1200.0
+
+
+def cli_timeout_s() -> float:
+    return float(env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, minimum=1))
+
+
+def build_prompt(design: Design, protected: list[str]) -> str:
+    """The task for the CLI: the design, and the rules the loop's gates will enforce anyway."""
+    files = "\n".join(f"- {f}" for f in design.files) or "- (none named)"
+    steps = "\n".join(f"{i}. {s}" for i, s in enumerate(design.steps, 1)) or "1. (see title)"
+    guarded = ", ".join(protected) or "(none)"
+    return (
+        f"Implement this change in the current directory (a git worktree).\n\n"
+        f"Title: {design.title}\n\nFiles to edit:\n{files}\n\nSteps:\n{steps}\n\n"
+        f"Test plan: {design.test_plan}\n\nRationale: {design.rationale}\n\n"
+        "Rules:\n"
+        "- Edit only the files listed above.\n"
+        "- Do not commit, do not create branches, do not run git commands that change history.\n"
+        f"- Do not touch protected paths: {guarded}.\n"
+        "- Do not delete or skip tests.\n"
+        "When done, reply with one line summarising the change."
+    )
+
+
+class CLIResult:
+    """What one CLI run reported: its final text, whether it says it failed, its cost."""
+
+    def __init__(self, text: str, is_error: bool, usage: Usage | None, model: str) -> None:
+        self.text = text
+        self.is_error = is_error
+        self.usage = usage
+        self.model = model
+
+
+class CLIAgent(OfflineAgent):
+    """Base for CLI coding agents; subclasses give the command line and the output parser."""
+
+    kind: ClassVar[str] = "cli-implement"
+    criterion: ClassVar[Criterion] = "size"
+    provider: ClassVar[str]
+    executable: ClassVar[str]  # the name looked up on PATH
+    bin_env: ClassVar[str]  # overrides the executable
+    key_envs: ClassVar[tuple[str, ...]]  # the agent's own credentials, passed to its process
+    install_hint: ClassVar[str]
+
+    def __init__(self, binary: str | None = None, timeout_s: float | None = None) -> None:
+        self.binary = binary or self.find_binary()
+        self.timeout_s = timeout_s if timeout_s is not None else cli_timeout_s()
+        self.usage: list[LLMCall] = []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, binary={self.binary!r})"
+
+    @classmethod
+    def find_binary(cls) -> str:
+        wanted = os.environ.get(cls.bin_env, "").strip() or cls.executable
+        found = shutil.which(wanted)
+        if found is None:
+            raise BadInput(
+                f"agent {cls.name!r} needs the {wanted!r} executable, which was not found"
+                + ("" if os.environ.get(cls.bin_env) else " on PATH"),
+                f"{cls.install_hint}, or set {cls.bin_env} to the executable's path",
+            )
+        return found
+
+    @property
+    def total_usage(self) -> Usage:
+        total = Usage()
+        for call in self.usage:
+            total = total + call.usage
+        return total
+
+    # ------------------------------------------------------------ debate: an implementer
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        return []  # an implementer: it carries out designs, it does not originate them
+
+    def plan_steps(self, proposal: Proposal) -> list[str]:
+        return [proposal.description or proposal.title]
+
+    # ------------------------------------------------------------ implement
+
+    @classmethod
+    def argv(cls, binary: str, prompt: str, worktree: Path) -> list[str]:
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, stdout: str) -> CLIResult:
+        raise NotImplementedError
+
+    def _secrets(self) -> list[str]:
+        return [os.environ[k] for k in self.key_envs if os.environ.get(k)]
+
+    def implement(self, design: Design, area: WorkArea) -> str:
+        prompt = build_prompt(design, list(area.settings.protected_paths))
+        keys = {k: os.environ[k] for k in self.key_envs if os.environ.get(k)}
+        budget = cycle_budget(area.context.root, budget_from_env())
+        reservation = budget.reserve(0.0, f"{self.name} implement")  # refused once spent
+        call = LLMCall(
+            agent=self.name,
+            provider=self.provider,
+            model=self.executable,
+            step="implement",
+            usage=Usage(),
+        )
+        try:
+            try:
+                res = run_command(
+                    self.argv(self.binary, prompt, area.worktree),
+                    area.worktree,
+                    self.timeout_s,
+                    scratch=area.scratch,
+                    env_extra=keys,
+                )
+            except OSError as exc:  # vanished or not executable since the panel was built
+                raise self._failed(call, f"could not start {self.binary}: {exc}") from None
+            if res.timed_out:
+                raise self._failed(
+                    call,
+                    f"timed out after {self.timeout_s:g}s ({TIMEOUT_ENV}); "
+                    "it was killed with every process it started",
+                )
+            return self._finish(call, res, design)
+        except ImplementationFailed as exc:
+            call.ok, call.error = False, str(exc)[:500]
+            raise
+        finally:
+            budget.settle(reservation, call.usage.usd)
+            budget.record(call)
+            self.usage.append(call)
+
+    def _failed(self, call: LLMCall, detail: str) -> ImplementationFailed:
+        return ImplementationFailed(redact(f"{self.name}: {detail}", self._secrets()))
+
+    def _finish(self, call: LLMCall, res: CommandResult, design: Design) -> str:
+        parsed = self.parse(res.stdout)
+        if parsed.usage is not None:
+            call.usage = parsed.usage  # LLMCall is not frozen; `finally` records it
+        call.model = parsed.model or call.model
+        if parsed.is_error or not res.ok:
+            why = parsed.text.strip() or res.stderr.strip()[-1000:] or "no output"
+            raise self._failed(call, f"reported an error (exit {res.exit_code}): {why[:1000]}")
+        lines = [line for line in parsed.text.strip().splitlines() if line.strip()]
+        summary = lines[-1].strip() if lines else design.title
+        log.info("%s implemented %r: $%.6f", self.name, design.title, call.usage.usd)
+        return redact(summary[:500], self._secrets())
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    out = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out
+
+
+class ClaudeCodeAgent(CLIAgent):
+    """`claude -p <prompt> --output-format json --permission-mode acceptEdits`."""
+
+    name: ClassVar[str] = "claude-code"
+    provider: ClassVar[str] = "claude-code"
+    executable: ClassVar[str] = "claude"
+    bin_env: ClassVar[str] = "NOMIC_CLAUDE_CODE_BIN"
+    key_envs: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+    install_hint: ClassVar[str] = (
+        "install Claude Code (npm install -g @anthropic-ai/claude-code) and log in or set "
+        "ANTHROPIC_API_KEY"
+    )
+
+    @classmethod
+    def argv(cls, binary: str, prompt: str, worktree: Path) -> list[str]:
+        return [binary, "-p", prompt, "--output-format", "json", "--permission-mode", "acceptEdits"]
+
+    @classmethod
+    def parse(cls, stdout: str) -> CLIResult:
+        """The JSON result object (or the last `result` entry of a list / JSONL stream)."""
+        try:
+            loaded = json.loads(stdout)
+            items = loaded if isinstance(loaded, list) else [loaded]
+        except json.JSONDecodeError:
+            items = _json_lines(stdout)
+        results = [
+            i for i in items if isinstance(i, dict) and ("result" in i or i.get("type") == "result")
+        ]
+        result = results[-1] if results else None
+        if result is None:
+            return CLIResult(stdout.strip()[-1000:], True, None, "")
+        raw = result.get("usage") or {}
+        cost = result.get("total_cost_usd")
+        usage = None
+        if cost is not None or raw:
+            usage = Usage(
+                input_tokens=int(raw.get("input_tokens") or 0),
+                output_tokens=int(raw.get("output_tokens") or 0),
+                cache_read_tokens=int(raw.get("cache_read_input_tokens") or 0),
+                cache_write_tokens=int(raw.get("cache_creation_input_tokens") or 0),
+                usd=round(float(cost or 0.0), 8),
+            )
+        models = result.get("modelUsage")
+        model = next(iter(models), "") if isinstance(models, dict) else ""
+        return CLIResult(
+            str(result.get("result") or ""), bool(result.get("is_error")), usage, model
+        )
+
+
+class CodexAgent(CLIAgent):
+    """`codex exec --json --sandbox workspace-write -C <worktree> <prompt>`."""
+
+    name: ClassVar[str] = "codex"
+    provider: ClassVar[str] = "codex"
+    executable: ClassVar[str] = "codex"
+    bin_env: ClassVar[str] = "NOMIC_CODEX_BIN"
+    key_envs: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY", "CODEX_API_KEY")
+    install_hint: ClassVar[str] = (
+        "install the Codex CLI (npm install -g @openai/codex) and log in or set OPENAI_API_KEY"
+    )
+
+    @classmethod
+    def argv(cls, binary: str, prompt: str, worktree: Path) -> list[str]:
+        return [
+            binary,
+            "exec",
+            "--json",
+            "--sandbox",
+            "workspace-write",
+            "-C",
+            str(worktree),
+            prompt,
+        ]
+
+    @classmethod
+    def parse(cls, stdout: str) -> CLIResult:
+        """JSONL events: `item.completed` agent messages, `turn.completed` usage,
+        `turn.failed` / `error`. Codex reports tokens, not USD: the cost stays 0 unless priced."""
+        text, errors, usage, model = "", [], None, ""
+        for ev in _json_lines(stdout):
+            kind = ev.get("type", "")
+            item = ev.get("item") or {}
+            if kind == "item.completed" and item.get("type") in (
+                "agent_message",
+                "assistant_message",
+            ):
+                text = str(item.get("text") or text)
+            elif kind == "turn.completed" and isinstance(ev.get("usage"), dict):
+                u = ev["usage"]
+                cached = int(u.get("cached_input_tokens") or 0)
+                turn = Usage(
+                    input_tokens=max(0, int(u.get("input_tokens") or 0) - cached),
+                    output_tokens=int(u.get("output_tokens") or 0),
+                    cache_read_tokens=cached,
+                )
+                usage = turn if usage is None else usage + turn
+            elif kind == "turn.failed":
+                errors.append(str((ev.get("error") or {}).get("message") or "turn failed"))
+            elif kind == "error":
+                errors.append(str(ev.get("message") or "error"))
+            model = str(ev.get("model") or model)
+        if errors:
+            return CLIResult("; ".join(errors), True, usage, model)
+        if not text and not _json_lines(stdout):
+            text = stdout.strip()  # not JSONL (an old codex): its final message is stdout
+        return CLIResult(text, False, usage, model)
+
+
+__all__ = ["CLIAgent", "ClaudeCodeAgent", "CodexAgent", "build_prompt", "cli_timeout_s"]
