@@ -49,11 +49,17 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Track": ("nomic_dagster.records", "Track"),
     "CycleSettings": ("nomic_dagster.settings", "CycleSettings"),
     "BadInput": ("nomic_dagster.errors", "BadInput"),
+    # decomposition and multi-track orchestration
+    "TaskDecomposer": ("nomic_dagster.decomposer", "TaskDecomposer"),
+    "analyze_task": ("nomic_dagster.decomposer", "analyze_task"),
+    "AutonomousOrchestrator": ("nomic_dagster.orchestrator", "AutonomousOrchestrator"),
+    "TrackConfig": ("nomic_dagster.orchestrator", "TrackConfig"),
 }
 
 __all__ = [
     "STATE_CONFIG",
     "VALID_TRANSITIONS",
+    "AutonomousOrchestrator",
     "BadInput",
     "Checkpoint",
     "CheckpointError",
@@ -70,8 +76,11 @@ __all__ = [
     "RecoveryDecision",
     "RecoveryManager",
     "StateMetadata",
+    "TaskDecomposer",
     "Track",
+    "TrackConfig",
     "TransitionError",
+    "analyze_task",
     "cleanup_old_checkpoints",
     "create_nomic_state_machine",
     "delete_checkpoint",
@@ -96,8 +105,10 @@ if TYPE_CHECKING:  # pragma: no cover
         save_checkpoint,
     )
     from nomic_dagster.cycle_store import NomicCycleRecord, get_cycle_store
+    from nomic_dagster.decomposer import TaskDecomposer, analyze_task
     from nomic_dagster.errors import BadInput
     from nomic_dagster.loop import NomicLoop
+    from nomic_dagster.orchestrator import AutonomousOrchestrator, TrackConfig
     from nomic_dagster.records import CycleRecord, Outcome, Track
     from nomic_dagster.recovery import (
         CircuitBreaker,

@@ -11,17 +11,23 @@ deliberate differences from the original:
 
 The abstract bonus is capped at `ABSTRACT_BONUS_CAP` (5.0). Vague-goal expansion into
 deliberation templates is not implemented: a vague goal below the threshold is one subtask.
-No Dagster imports.
+
+`TaskDecomposer(use_debate=True, scan_settings=...)` decomposes through the configured
+agents' offline scan of the target (see the class docstring). No Dagster imports.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nomic_dagster.errors import BadInput
+from nomic_dagster.settings import CycleSettings
+
+if TYPE_CHECKING:
+    from nomic_dagster.records import Proposal
 
 Level = Literal["low", "medium", "high"]
 
@@ -155,9 +161,7 @@ def complexity_score(task: str) -> int:
     vagueness = 0.0
     strategic = _present(STRATEGIC_TERMS, words)
     if not has_paths and strategic:
-        vagueness = max(
-            2.0 + 0.5 * min(len(strategic) - 1, 2) - min(0.3 * raw_keywords, 1.5), 0.5
-        )
+        vagueness = max(2.0 + 0.5 * min(len(strategic) - 1, 2) - min(0.3 * raw_keywords, 1.5), 0.5)
 
     action = bool(_present(ABSTRACT_ACTIONS, words))
     superlative = bool(_present(SUPERLATIVES, words))
@@ -220,10 +224,15 @@ def _concept_complexity(concept: str) -> Level:
 
 
 class TaskDecomposer:
-    """Heuristic decomposition: `analyze(goal)` returns a `TaskDecomposition`.
+    """Decompose a goal: `analyze(goal)` returns a `TaskDecomposition`.
 
-    `use_debate=True` (decomposition by an agent debate) needs LLM agents with a
-    decomposition step, which the agent protocol does not have yet: it raises `BadInput`.
+    Heuristic by default. `use_debate=True` decomposes through the configured agents instead:
+    the target named by `scan_settings` (repo, agents, test command) is read by the real
+    context phase in a throwaway worktree, every agent's `propose` step scans it, and each
+    proposal becomes a subtask (best benefit first; a subtask depends on earlier ones that
+    touch the same files). There is no critique or vote round: the agent protocol has no
+    decomposition step, so this is the agents' offline scan, not an LLM debate. No proposal
+    falls back to the heuristic (the rationale says so).
     """
 
     def __init__(
@@ -232,19 +241,53 @@ class TaskDecomposer:
         max_subtasks: int = 5,
         max_depth: int = 3,
         use_debate: bool = False,
+        scan_settings: CycleSettings | None = None,
     ) -> None:
-        if use_debate:
+        if use_debate and scan_settings is None:
             raise BadInput(
-                "debate decomposition needs LLM agents with a decomposition step, which the "
-                "agent protocol does not provide yet",
-                "use TaskDecomposer(use_debate=False): the deterministic heuristic",
+                "decomposition through agents scans a target, and none was given",
+                "pass scan_settings=CycleSettings(repo=..., agents=[...]) or use_debate=False",
             )
         self.complexity_threshold = complexity_threshold
         self.max_subtasks = max_subtasks
         self.max_depth = max_depth
+        self.use_debate = use_debate
+        self.scan_settings = scan_settings
 
     def analyze(self, task: str, depth: int = 0) -> TaskDecomposition:
-        task = task.strip()
+        heuristic = self._heuristic(task.strip(), depth)
+        if not self.use_debate or not heuristic.original_task:
+            return heuristic
+        proposals = self._scan(heuristic.original_task)
+        if not proposals:
+            return heuristic.model_copy(
+                update={"rationale": f"the agents proposed nothing; {heuristic.rationale}"}
+            )
+        ranked = sorted(proposals, key=lambda p: (-p.benefit, p.risk, p.id))
+        out: list[SubTask] = []
+        for p in ranked[: self.max_subtasks]:
+            risk: Level = "high" if p.risk >= 0.6 else "medium" if p.risk >= 0.3 else "low"
+            out.append(
+                SubTask(
+                    id=f"subtask_{len(out) + 1}",
+                    title=p.title,
+                    description=f"{p.description} (goal: {heuristic.original_task})",
+                    dependencies=[s.id for s in out if set(s.file_scope) & set(p.files)],
+                    estimated_complexity=risk,
+                    file_scope=list(p.files),
+                    success_criteria={"tests_pass": "==true", "proposal": p.id},
+                )
+            )
+        return heuristic.model_copy(
+            update={
+                "should_decompose": True,
+                "subtasks": out,
+                "rationale": f"{len(proposals)} proposal(s) from the agents' scan of the target",
+                "recommend_debate": False,
+            }
+        )
+
+    def _heuristic(self, task: str, depth: int) -> TaskDecomposition:
         if not task:
             return TaskDecomposition(
                 original_task=task,
@@ -283,6 +326,24 @@ class TaskDecomposer:
             rationale=f"score {score} reaches the threshold {self.complexity_threshold}",
             recommend_debate=recommend_debate,
         )
+
+    def _scan(self, task: str) -> list[Proposal]:
+        """Every agent's proposals for `task` on a fresh worktree of the target."""
+        from nomic_dagster.agents import build_panel
+        from nomic_dagster.phases.context import gather_context
+        from nomic_dagster.records import Goal, new_cycle_id
+        from nomic_dagster.workspace import close_workspace, open_workspace
+
+        assert self.scan_settings is not None
+        settings = self.scan_settings.model_copy(update={"goal": task})
+        panel = build_panel(settings.agents)
+        ws = open_workspace(settings, f"scan-{new_cycle_id()}")
+        try:
+            ctx = gather_context(ws, settings, [])
+            goal = Goal(text=task, track=settings.track_enum, source="user")
+            return [p for agent in panel for p in agent.propose(ctx, goal)]
+        finally:
+            close_workspace(ws)
 
     @staticmethod
     def _single(task: str, files: list[str], level: Level) -> SubTask:

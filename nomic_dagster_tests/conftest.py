@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from nomic_dagster.recovery import get_breaker_registry
@@ -49,3 +50,10 @@ def git_out(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", *args], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
+
+
+@pytest.fixture
+def instance():
+    """A temporary Dagster instance (SQLite in a temp dir)."""
+    with dg.instance_for_test() as inst:
+        yield inst

@@ -9,6 +9,7 @@ end-to-end tests run real cycles instead.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from nomic_dagster.cycle import CycleState, to_record
 from nomic_dagster.cycle_store import (
@@ -17,6 +18,8 @@ from nomic_dagster.cycle_store import (
     PatternReinforcement,
     record_from_state,
 )
+from nomic_dagster.orchestration.autonomy import PlannerResource
+from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster.records import (
     ChangeSet,
     CommitResult,
@@ -40,6 +43,7 @@ from nomic_dagster.records import (
     Workspace,
 )
 from nomic_dagster.settings import CycleSettings
+from nomic_dagster_tests.repo_builders import FAST_TEST_COMMAND
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 RED_TAIL = (
@@ -293,3 +297,11 @@ def planted_record(
         baseline_failing_tests=baseline_failing or [],
         cost_usd=cost_usd,
     )
+
+
+def resources(state_dir: Path, **planner: object) -> dict[str, object]:
+    """Resources for build_defs in learning tests: state in `state_dir`, a fast test command."""
+    return {
+        "nomic": NomicResource(state_dir=str(state_dir)),
+        "planner": PlannerResource(test_command=FAST_TEST_COMMAND, **planner),  # type: ignore[arg-type]
+    }

@@ -14,7 +14,6 @@ from nomic_dagster.definitions import build_defs
 from nomic_dagster.meta_planner import Priorities, PrioritizedGoal
 from nomic_dagster.orchestration.assets import learning_assets
 from nomic_dagster.orchestration.autonomy import PlannerResource
-from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster.orchestration.schedules import schedule_name, track_schedules
 from nomic_dagster.orchestration.sensors import (
     AUTOMATION_SENSOR,
@@ -28,24 +27,11 @@ from nomic_dagster.orchestration.sensors import (
 from nomic_dagster.records import Track
 from nomic_dagster.stopping import StoppingRules, should_stop
 from nomic_dagster_tests import agents_for_tests as ta
-from nomic_dagster_tests.learning_fixtures import planted_record
+from nomic_dagster_tests.learning_fixtures import planted_record, resources
 from nomic_dagster_tests.repo_builders import FAST_TEST_COMMAND, make_repo
 from nomic_dagster_tests.test_learning import RICH_REPO
 
 WHEN = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-def resources(state_dir: Path, **planner: object) -> dict[str, object]:
-    return {
-        "nomic": NomicResource(state_dir=str(state_dir)),
-        "planner": PlannerResource(test_command=FAST_TEST_COMMAND, **planner),  # type: ignore[arg-type]
-    }
 
 
 def materialize_priorities(

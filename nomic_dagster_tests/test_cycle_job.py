@@ -17,13 +17,9 @@ CYCLE_RECORDS = dg.AssetKey("cycle_records")
 
 
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-@pytest.fixture
-def job(state_dir: Path) -> dg.JobDefinition:
+def job(state_dir: Path, instance: dg.DagsterInstance) -> dg.JobDefinition:
+    # Built while the test's instance is current: Dagster resolves definitions against the
+    # current instance's state storage, which must not be a finished test's instance.
     return build_defs({"nomic": NomicResource(state_dir=str(state_dir))}).get_job_def("nomic_cycle")
 
 

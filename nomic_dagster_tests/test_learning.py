@@ -24,11 +24,9 @@ from nomic_dagster.learning import (
 )
 from nomic_dagster.meta_planner import MetaPlanner, PlanTarget, Priorities, PrioritizedGoal
 from nomic_dagster.orchestration.assets import learning_assets, learning_checks
-from nomic_dagster.orchestration.autonomy import PlannerResource
-from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster.records import Track
 from nomic_dagster_tests import agents_for_tests as ta
-from nomic_dagster_tests.learning_fixtures import planted_record
+from nomic_dagster_tests.learning_fixtures import planted_record, resources
 from nomic_dagster_tests.repo_builders import FAST_TEST_COMMAND, make_repo
 
 LEARNING_KEYS = {
@@ -60,19 +58,6 @@ RICH_REPO = {
     "pkg/poor.py": "def helper(x):\n    return x\n\n\ndef checked(y):\n    return y\n",
     "tests/test_poor.py": "from pkg.poor import checked\n\n\ndef test_checked():\n    assert checked(1) == 1\n",
 }
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-def resources(state_dir: Path, **planner: object) -> dict[str, object]:
-    return {
-        "nomic": NomicResource(state_dir=str(state_dir)),
-        "planner": PlannerResource(test_command=FAST_TEST_COMMAND, **planner),  # type: ignore[arg-type]
-    }
 
 
 def requested(result: dg.EvaluateAutomationConditionsResult) -> set[dg.AssetKey]:
