@@ -28,9 +28,8 @@ TASK_RATING = 1500.0
 K_FACTOR = 32.0
 Z_95 = 1.959963984540054
 
-AGENT_COLUMNS = [
-    "agent",
-    "track",
+# Counts and money per agent: never negative (the asset check says so).
+AGENT_NONNEGATIVE = [
     "cycles",
     "proposals",
     "wins",
@@ -44,15 +43,17 @@ AGENT_COLUMNS = [
     "tokens",
     "usd",
     "usd_per_commit",
+]
+# Shares in 0..1 (checked too).
+AGENT_RATES = [
     "win_rate",
     "verify_rate",
     "commit_rate",
     "failure_rate",
     "alignment_rate",
     "quality",
-    "rating",
-    "last_cycle",
 ]
+AGENT_COLUMNS = ["agent", "track", *AGENT_NONNEGATIVE, *AGENT_RATES, "rating", "last_cycle"]
 PATTERN_COLUMNS = [
     "kind",
     "attempts",
@@ -69,29 +70,6 @@ PATTERN_COLUMNS = [
     "tracks",
     "agents",
     "last_cycle",
-]
-AGENT_RATES = [
-    "win_rate",
-    "verify_rate",
-    "commit_rate",
-    "failure_rate",
-    "alignment_rate",
-    "quality",
-]
-AGENT_NONNEGATIVE = [
-    "cycles",
-    "proposals",
-    "wins",
-    "implemented",
-    "verified",
-    "commits",
-    "failures",
-    "failed_cycles",
-    "votes",
-    "consensus_aligned",
-    "tokens",
-    "usd",
-    "usd_per_commit",
 ]
 
 
