@@ -39,6 +39,7 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/cycle.py
+	$(BIN)/python benchmarks/debate.py
 
 ## The UI and the daemon (sensors, schedules, queued runs): http://127.0.0.1:3000
 dev: install $(DAGSTER_HOME)/dagster.yaml

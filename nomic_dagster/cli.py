@@ -4,6 +4,8 @@
     nomic status                           the latest cycle (and checkpoint)
     nomic history [--limit N] [--json]     recent cycles as a table
     nomic resume CYCLE_ID                  continue a cycle from its checkpoint
+    nomic pending                          cycles waiting for approval, with their designs
+    nomic approve|reject CYCLE_ID          decide; approve runs it from IMPLEMENT
     nomic metrics-server [--port 9464]     serve the Prometheus metrics
 
 Also the helpers `scripts/self_develop.py` and `scripts/nomic_staged.py` share: the
@@ -88,8 +90,11 @@ def fail(message: str, fix: str | None = None) -> int:
 # ---------------------------------------------------------------- settings options
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser, track: bool = True) -> None:
-    """One option per CycleSettings field; unset options keep the settings' defaults."""
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, track: bool = True, approval: bool = True
+) -> None:
+    """One option per CycleSettings field; unset options keep the settings' defaults.
+    `approval=False`: the caller declares its own --require-approval."""
     g = parser.add_argument_group("cycle settings (see README: Run config)")
     g.add_argument(
         "--repo",
@@ -129,6 +134,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, track: bool = True) 
         default=None,
         help="fast-forward the base branch after a verified commit",
     )
+    if approval:
+        g.add_argument(
+            "--require-approval",
+            action="store_true",
+            default=None,
+            help="stop after DESIGN until a person approves (nomic approve CYCLE_ID)",
+        )
+    g.add_argument(
+        "--approval-expiry-hours",
+        type=float,
+        metavar="HOURS",
+        help="an approval not acted on within this many hours is refused",
+    )
     g.add_argument("--context-budget", type=int, metavar="CHARS", help="context size budget")
     g.add_argument(
         "--state-dir", help="nomic's state folder (default: $NOMIC_STATE_DIR, $DAGSTER_HOME/nomic)"
@@ -154,6 +172,8 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> CycleSetti
         "test_timeout_s": getattr(args, "test_timeout", None),
         "allow_no_tests": getattr(args, "allow_no_tests", None),
         "auto_merge": getattr(args, "auto_merge", None),
+        "require_approval": getattr(args, "require_approval", None),
+        "approval_expiry_hours": getattr(args, "approval_expiry_hours", None),
         "context_budget_chars": getattr(args, "context_budget", None),
         "state_dir": getattr(args, "state_dir", None),
     }
@@ -629,6 +649,87 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- approval
+
+
+def _approvals_root(args: argparse.Namespace) -> Path:
+    if getattr(args, "state_dir", None):
+        os.environ["NOMIC_STATE_DIR"] = args.state_dir
+    return state_dir()
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    from nomic_dagster.approvals import ApprovalStore
+
+    store = ApprovalStore(_approvals_root(args))
+    parked = store.pending()
+    if args.json:
+        print(json.dumps([p.model_dump(mode="json") for p in parked], indent=2))
+        return EXIT_OK
+    if not parked:
+        print(f"no cycle is waiting for approval ({store.path})")
+        return EXIT_OK
+    for p in parked:
+        d = p.design
+        print(f"cycle {p.cycle_id} [{p.track}] {p.status} since {p.parked_at:%Y-%m-%d %H:%M} UTC")
+        print(f"  goal:    {p.goal}")
+        print(f"  target:  {p.origin} {p.base}")
+        print(f"  design:  {d.title} by {d.agent}, risk {d.risk} (hash {p.design_hash[:12]})")
+        print(f"  files:   {', '.join(p.planned_files)}")
+        for i, step in enumerate(d.steps, 1):
+            print(f"    {i}. {step}")
+        print(f"  tests:   {d.test_plan}")
+        if p.decision is not None:
+            print(f"  decided: {p.decision.decision} by {p.decision.who}")
+        print(f"  approve: nomic approve {p.cycle_id}    reject: nomic reject {p.cycle_id}")
+    return EXIT_OK
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from nomic_dagster.approvals import approve
+
+    configure_logging(args.verbose)
+    root = _approvals_root(args)
+    with Progress(heartbeat_s=args.heartbeat, enabled=not args.quiet).attached():
+        decision, record = approve(
+            args.cycle_id,
+            who=args.by,
+            note=args.note or "",
+            expires_in_hours=args.expires_in_hours,
+            expected_hash=args.design_hash,
+            root=root,
+            run=not args.no_run,
+        )
+    print(
+        f"cycle {decision.cycle_id}: approved by {decision.who} at "
+        f"{decision.decided_at:%Y-%m-%d %H:%M:%S} UTC (design {decision.design_hash[:12]})"
+    )
+    if record is None:
+        print(f"run it later: nomic approve {decision.cycle_id}, or the nomic_approve job")
+        return EXIT_OK
+    print(describe(record, patch=False))
+    return exit_code_for([record])
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from nomic_dagster.approvals import reject
+
+    configure_logging(args.verbose)
+    decision, record = reject(
+        args.cycle_id,
+        who=args.by,
+        note=args.note or "",
+        expected_hash=args.design_hash,
+        root=_approvals_root(args),
+    )
+    print(
+        f"cycle {decision.cycle_id}: rejected by {decision.who} at "
+        f"{decision.decided_at:%Y-%m-%d %H:%M:%S} UTC (design {decision.design_hash[:12]})"
+    )
+    print(describe(record, patch=False))
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- metrics server
 
 
@@ -737,6 +838,58 @@ def build_parser() -> Parser:
     resume.add_argument("--state-dir", help="nomic's state folder")
     add_output_arguments(resume)
     resume.set_defaults(fn=cmd_resume)
+
+    pending = sub.add_parser(
+        "pending",
+        help="cycles waiting for approval, with their designs",
+        description="Cycles that stopped after DESIGN (require_approval) and wait for a "
+        "person: the design, its hash, the planned files and how to approve or reject.",
+        formatter_class=HelpFormatter,
+    )
+    pending.add_argument("--state-dir", help="nomic's state folder")
+    pending.add_argument("--json", action="store_true", help="print as JSON")
+    pending.set_defaults(fn=cmd_pending)
+
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        decide = sub.add_parser(
+            name,
+            help=f"{verb} the design of a cycle awaiting approval",
+            description=(
+                "Record the approval (who, when, the design's hash, an optional expiry) and run "
+                "the cycle from IMPLEMENT: implement, verify, commit. Context, debate and design "
+                "are not run again."
+                if name == "approve"
+                else "Record the rejection (who, when, the design's hash, why); the cycle ends "
+                "rejected_by_human."
+            ),
+            formatter_class=HelpFormatter,
+        )
+        decide.add_argument("cycle_id", help="the cycle (see `nomic pending`)")
+        decide.add_argument("--by", help="who decides (default: $USER, else git user.name)")
+        decide.add_argument("--note", help="why (stored with the decision)")
+        decide.add_argument(
+            "--design-hash",
+            metavar="SHA",
+            help="the design hash you reviewed (or a prefix): refused if the design changed",
+        )
+        decide.add_argument("--state-dir", help="nomic's state folder")
+        if name == "approve":
+            decide.add_argument(
+                "--expires-in-hours",
+                type=float,
+                metavar="HOURS",
+                help="the approval is refused if not acted on within this many hours",
+            )
+            decide.add_argument(
+                "--no-run",
+                action="store_true",
+                help="only record the approval (run it later: the nomic_approve job)",
+            )
+            add_output_arguments(decide)
+            decide.set_defaults(fn=cmd_approve)
+        else:
+            decide.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+            decide.set_defaults(fn=cmd_reject)
 
     from nomic_dagster.metrics import DEFAULT_ADDR, DEFAULT_PORT, PORT_ENV
 

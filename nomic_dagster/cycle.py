@@ -16,7 +16,9 @@ from datetime import datetime
 
 from pydantic import Field
 
-from nomic_dagster.agents import Agent, build_panel
+from nomic_dagster.agents import Agent, agent_for_role, build_panel, panel_names
+from nomic_dagster.agents.cassette import cassette_link, cassette_writer, record_panel
+from nomic_dagster.agents.replay import recorded_recent_cycles, replay_panel, replay_role
 from nomic_dagster.cycle_store import store_cycle
 from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
 from nomic_dagster.events import EventType, bus, span, tracer
@@ -28,7 +30,15 @@ from nomic_dagster.phases.debate import run_debate
 from nomic_dagster.phases.design import check_scope, design_change, winning_agent
 from nomic_dagster.phases.implement import implement_design
 from nomic_dagster.phases.verify import verify_change
-from nomic_dagster.pricing import BudgetExhausted, cycle_spend
+from nomic_dagster.pricing import (
+    BudgetExhausted,
+    LLMCall,
+    Spend,
+    budget_from_env,
+    cycle_budget,
+    cycle_budgets,
+    open_cycle_budget,
+)
 from nomic_dagster.records import (
     ChangeSet,
     CommitResult,
@@ -72,6 +82,10 @@ class CycleState(Record):
     reason: str = ""
     ended_in: Phase | None = None
     phase_durations: dict[str, float] = Field(default_factory=dict)
+    # Every model call the cycle paid for, tagged with its phase. The state carries them
+    # (not the process) so that cost and the budget survive the multiprocess executor,
+    # the state machine's child processes, re-execution and resumption.
+    llm_calls: list[LLMCall] = Field(default_factory=list)
 
     @property
     def ended(self) -> bool:
@@ -107,19 +121,70 @@ def start_cycle(
     return state
 
 
+def budget_key(state: CycleState) -> str:
+    """What keys the cycle's budget: its worktree (what agents see as `context.root`)."""
+    if state.context is not None:
+        return state.context.root
+    return state.workspace.worktree if state.workspace else f"cycle:{state.cycle_id}"
+
+
+def budget_limit(settings: CycleSettings) -> float | None:
+    return settings.budget_usd if settings.budget_usd is not None else budget_from_env()
+
+
 def _panel(state: CycleState) -> list[Agent]:
-    return build_panel(state.settings.agents)
+    # The budget `run_phase` opened for this phase: every agent of the panel draws on it.
+    budget = cycle_budget(budget_key(state))
+    settings = state.settings
+    if settings.replay_from:  # LLM agents answer from the recorded cassette, offline
+        panel = replay_panel(settings, budget)
+    else:
+        panel = build_panel(settings.agents, budget=budget)
+    return _recorded(state, panel)
+
+
+def _recorded(state: CycleState, agents: list[Agent]) -> list[Agent]:
+    """`agents`, their LLM calls recorded in the cycle's cassette when the settings ask."""
+    if state.settings.record_cassette:
+        recent = state.context.recent_cycles if state.context else []
+        writer = cassette_writer(state.settings, state.cycle_id, state.started_at, recent)
+        record_panel(agents, writer)
+    return agents
 
 
 # ---------------------------------------------------------------- phase bodies
 
 
+def _role(state: CycleState, role: str, panel: list[Agent]) -> Agent | None:
+    """The agent the settings name for `role` (judge, designer, implementer); None when
+    unset. It may be outside the panel (e.g. codex implements without debating); an LLM
+    agent outside it is recorded in the cassette, or answers from it in a replay."""
+    name = getattr(state.settings, role).strip()
+    if not name:
+        return None
+    budget = cycle_budget(budget_key(state))
+    if state.settings.replay_from and all(a.name != name for a in panel):
+        return replay_role(role, name, state.settings, budget)
+    agent = agent_for_role(role, name, panel, budget=budget)
+    return agent if agent in panel else _recorded(state, [agent])[0]
+
+
 def _context(state: CycleState) -> CycleState:
-    _panel(state)  # fail on unknown agents before any git work
+    # The panel: the settings' agents, else $NOMIC_AGENTS, else the offline three (run config
+    # wins); resolved once here so that every later phase and the record name the same one.
+    agents = panel_names(state.settings.agents)
+    state = state.model_copy(
+        update={"settings": state.settings.model_copy(update={"agents": agents})}
+    )
+    panel = _panel(state)  # fail on unknown agents before any git work
+    for role in ("judge", "designer", "implementer"):
+        _role(state, role, panel)
     history = CycleHistory(state_dir(state.settings))
     ws = open_workspace(state.settings, state.cycle_id)
     try:
         earlier = [r.summary() for r in history.recent(origin=ws.origin)]
+        if state.settings.replay_from:  # what the recorded cycle saw, not what came since
+            earlier = recorded_recent_cycles(state.settings)
         ctx = gather_context(ws, state.settings, earlier)
     except BaseException:
         close_workspace(ws)  # the state that would carry `ws` to finish_cycle is lost
@@ -133,7 +198,11 @@ def _context(state: CycleState) -> CycleState:
 
 def _debate(state: CycleState) -> CycleState:
     assert state.context is not None
-    result = run_debate(state.context, state.goal, _panel(state), state.settings.rule)
+    panel = _panel(state)
+    judge = _role(state, "judge", panel)  # None: a failed consensus stays failed
+    result = run_debate(
+        state.context, state.goal, panel, state.settings.rule, state.settings, judge=judge
+    )
     state = state.model_copy(update={"debate": result})
     for agent, failure in result.agent_failures.items():
         bus.emit(
@@ -148,7 +217,8 @@ def _debate(state: CycleState) -> CycleState:
     if not c.reached:
         return state.end(
             Outcome.NO_CONSENSUS,
-            f"no proposal reached {c.rule.value} ({c.votes_for_winner}/{c.voters} votes; tally {c.tally})",
+            c.reason
+            or f"no proposal reached {c.rule.value} ({c.votes_for_winner}/{c.voters} votes; tally {c.tally})",
             Phase.DEBATE,
         )
     return state
@@ -156,7 +226,9 @@ def _debate(state: CycleState) -> CycleState:
 
 def _design(state: CycleState) -> CycleState:
     assert state.debate is not None and state.context is not None
-    design = design_change(state.debate, _panel(state), state.context, state.settings)
+    panel = _panel(state)
+    designer = _role(state, "designer", panel)  # None: the winning proposal's agent designs
+    design = design_change(state.debate, panel, state.context, state.settings, designer)
     scope = check_scope(design, state.settings)
     state = state.model_copy(update={"design": design, "scope": scope})
     bus.emit(
@@ -168,12 +240,25 @@ def _design(state: CycleState) -> CycleState:
     )
     if not scope.allowed:
         return state.end(Outcome.REJECTED_BY_SCOPE, "; ".join(scope.reasons), Phase.DESIGN)
+    if state.settings.require_approval:
+        # A pause, not a verdict: finish_cycle stores this state for `nomic approve`.
+        return state.end(
+            Outcome.AWAITING_APPROVAL,
+            f"design awaits a person's approval: nomic approve {state.cycle_id} "
+            f"(or nomic reject {state.cycle_id})",
+            Phase.DESIGN,
+        )
     return state
 
 
 def _implement(state: CycleState) -> CycleState:
     assert state.debate and state.design and state.workspace and state.context
-    agent = winning_agent(state.debate, _panel(state))
+    panel = _panel(state)
+    agent = (  # the implementer, else the designer, else the winning proposal's agent
+        _role(state, "implementer", panel)
+        or _role(state, "designer", panel)
+        or winning_agent(state.debate, panel)
+    )
     try:
         changes = implement_design(
             state.design, agent, state.workspace, state.context, state.settings
@@ -214,6 +299,8 @@ def _commit(state: CycleState) -> CycleState:
         agents=list(state.settings.agents),
         run_id=state.run_id,
         verification=state.verification,
+        designer=state.design.agent,
+        implementer=state.settings.implementer or state.design.agent,
     )
     result = commit_change(state.workspace, state.changeset, message, state.settings.auto_merge)
     state = state.model_copy(update={"commit": result})
@@ -239,6 +326,8 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         return state
     log.info("cycle %s: %s started", state.cycle_id, phase.value)
     started = time.perf_counter()
+    spent = sum(c.usage.usd for c in state.llm_calls)
+    budget = open_cycle_budget(budget_key(state), budget_limit(state.settings), spent)
     error: str | None = None
     with span(
         f"nomic.phase.{phase.value}",
@@ -273,7 +362,18 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         if new.outcome is not None:
             current.set_attribute("nomic.outcome", new.outcome.value)
     elapsed = round(time.perf_counter() - started, 3)
-    new = new.model_copy(update={"phase_durations": {**new.phase_durations, phase.value: elapsed}})
+    # The calls this phase made, whatever key the agents found the budget under (CONTEXT
+    # opens the worktree, so the key can change during the phase).
+    made = [*budget.calls]
+    if budget_key(new) != budget_key(state) and (later := cycle_budgets().get(budget_key(new))):
+        made += later.calls
+    calls = [c.model_copy(update={"phase": phase.value}) for c in made]
+    new = new.model_copy(
+        update={
+            "phase_durations": {**new.phase_durations, phase.value: elapsed},
+            "llm_calls": [*new.llm_calls, *calls],
+        }
+    )
     bus.emit(
         EventType.PHASE_FINISHED,
         state.cycle_id,
@@ -322,11 +422,19 @@ def to_record(state: CycleState) -> CycleRecord:
         branch=state.commit.branch if state.commit else None,
         commit_sha=state.commit.sha if state.commit else None,
         merged=state.commit.merged if state.commit else False,
-        **cycle_spend(state.context.root if state.context else None),
+        **Spend.of(state.llm_calls).model_dump(),
         phase_durations=state.phase_durations,
+        cassette=cassette_link(state.settings, state.cycle_id),
         started_at=state.started_at,
         finished_at=utcnow(),
     )
+
+
+# Outcomes a cycle can be re-executed from (Dagster "re-execute from failure", or a
+# resumed approval): the phase's inputs are stored, so it runs again without the others.
+REEXECUTABLE = frozenset(
+    {Outcome.IMPLEMENTATION_FAILED, Outcome.VERIFICATION_FAILED, Outcome.ERROR}
+)
 
 
 def finish_cycle(state: CycleState) -> CycleRecord:
@@ -340,8 +448,28 @@ def finish_cycle(state: CycleState) -> CycleRecord:
         state = state.end(
             Outcome.ERROR, "the cycle stopped before it reached an outcome", Phase.CONTEXT
         )
+    if state.outcome is Outcome.AWAITING_APPROVAL:
+        # Paused, not finished: the state waits in the approval store; the history and the
+        # cycle store get the cycle's record when it ends (approved and run, or rejected).
+        from nomic_dagster.approvals import park  # approvals builds on this module
+
+        try:
+            park(state)
+            bus.emit(EventType.PAUSED, state.cycle_id, reason=state.reason, phase="design")
+            log.info("cycle %s: %s", state.cycle_id, state.reason)
+            return to_record(state)
+        except Exception as exc:  # the design could not be kept: the cycle cannot go on
+            log.exception("cycle %s: could not store the design for approval", state.cycle_id)
+            state = state.end(
+                Outcome.ERROR, f"could not store the design for approval: {exc}", Phase.DESIGN
+            )
     record = to_record(state)
-    CycleHistory(state_dir(state.settings)).append(record)
+    # A cycle re-executed from failure (or resumed after approval) ends a second time: its
+    # new record replaces the failed one, so the history holds one record per cycle.
+    CycleHistory(state_dir(state.settings)).append(record, replace_outcomes=REEXECUTABLE)
+    from nomic_dagster.approvals import settle  # approvals builds on this module
+
+    settle(state_dir(state.settings), record)  # an approved or rejected cycle is no longer pending
     store_cycle(state, record)  # the learning record for the cycle store; never raises
     cycle_span = tracer.start_span(
         "nomic.cycle",
@@ -370,7 +498,14 @@ def run_cycle(
     settings: CycleSettings, cycle_id: str | None = None, run_id: str | None = None
 ) -> CycleRecord:
     """The plain driver: every phase in order, then finish. No Dagster involved."""
+    return finish_cycle(drive_cycle(settings, cycle_id, run_id))
+
+
+def drive_cycle(
+    settings: CycleSettings, cycle_id: str | None = None, run_id: str | None = None
+) -> CycleState:
+    """Every phase in order; the final state, not yet finished (its worktree still there)."""
     state = start_cycle(settings, cycle_id, run_id)
     for phase in STEPS:
         state = run_phase(phase, state)
-    return finish_cycle(state)
+    return state

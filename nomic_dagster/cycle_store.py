@@ -237,15 +237,9 @@ def _usage_by_agent(calls: Sequence[LLMCall]) -> dict[str, tuple[int, float]]:
 
 
 def cycle_calls(state: CycleState) -> list[LLMCall]:
-    """The model calls this process made for the cycle: LLM agents record every call in the
-    cycle's budget, keyed by the worktree path (`pricing.cycle_budget`). Empty for offline
-    agents, and for steps that ran in another process (the multiprocess executor)."""
-    from nomic_dagster.pricing import cycle_budgets
-
-    keys = {state.context.root if state.context else None}
-    keys.add(state.workspace.worktree if state.workspace else None)
-    budgets = cycle_budgets()
-    return [call for key in keys if key in budgets for call in budgets[key].calls]
+    """The model calls the cycle paid for: the state carries them from phase to phase, so
+    they are complete whichever process ran each phase."""
+    return list(state.llm_calls)
 
 
 def record_from_state(
@@ -253,7 +247,7 @@ def record_from_state(
 ) -> NomicCycleRecord:
     """The learning record of a finished cycle: `record` says what happened, `state` holds
     the debate, design, change and gates behind it; `calls` are the model calls the cycle
-    paid for (default: those this process recorded for it)."""
+    paid for (default: those its state carries)."""
     debate, design, changes, report = (
         state.debate,
         state.design,

@@ -19,8 +19,23 @@ objective, goals that share too few of its words (a Jaccard-like containment of 
 objective's significant tokens, threshold 0.2) are dropped, and when none is left the
 planner falls back to one goal "[track] <objective>".
 
-A debate mode, in which the configured LLM agents rank and rewrite these goals, can come
-later; it is not implemented here (the scan needs no API key and is deterministic).
+Debate mode (`mode="debate"`, `planner_agents=[...]`): the scan's candidates (at most
+`MAX_BALLOT`, best first) and a summary of the learning tables go to every planner agent
+that implements `goal_planning.GoalPlanner` (the LLM agents; offline tools are skipped).
+Each may propose goals of its own (`plan`); every proposed goal passes the same
+`fidelity` filter as the scan's (off-objective ones are dropped and recorded in
+`Priorities.dropped`). Then every agent votes with a confidence on the merged ballot
+(`vote_goals`), and a goal's score becomes
+
+    (VOTE_WEIGHT * support + (1 - VOTE_WEIGHT) * scan share) * min(1, pattern factor)
+
+where support is the mean confidence over the agents that voted (an agent that did not
+vote for a goal gives it 0) and scan share is the goal's scan score over the best scan
+score (a goal refining a candidate, `based_on`, inherits the candidate's). Calls are
+priced against one planner budget (`budget_usd`) and go through the agents' circuit
+breakers. Whenever the debate cannot rank (no planner agent, missing keys, an open
+breaker, server errors, garbage, the budget), the plan is the scan's, with the reason in
+`Priorities.fallback_reason`; the planner never fails because of a model.
 """
 
 from __future__ import annotations
@@ -40,9 +55,13 @@ import pandas as pd
 from pydantic import Field
 
 from nomic_dagster.cycle_store import CycleStore, NomicCycleRecord
+from nomic_dagster.errors import BadInput
+from nomic_dagster.goal_planning import CandidateGoal, GoalPlanner, GoalProposal, GoalVote
 from nomic_dagster.learning import ALL_TRACKS, pattern_factor
 from nomic_dagster.phases.context import recent_churn, scan_markers, scan_modules
+from nomic_dagster.pricing import Budget, BudgetExhausted
 from nomic_dagster.records import Outcome, Phase, Record, Track, utcnow
+from nomic_dagster.recovery import CircuitOpenError, guarded_call
 from nomic_dagster.settings import DEFAULT_AGENTS, CycleSettings, state_dir
 from nomic_dagster.tools import ruff_findings
 from nomic_dagster.workspace import close_workspace, git, is_url, open_workspace
@@ -50,10 +69,13 @@ from nomic_dagster.workspace import close_workspace, git, is_url, open_workspace
 log = logging.getLogger("nomic_dagster.meta_planner")
 
 Impact = Literal["high", "medium", "low"]
+PlannerMode = Literal["scan", "debate"]
 SignalSource = Literal["ruff", "coverage", "failing-test", "flaky-test", "marker"]
 FIDELITY_THRESHOLD = 0.2
 MAX_FILE_HINTS = 5
 SKIP_MODULES = {"setup.py", "conftest.py", "noxfile.py", "__main__.py"}
+MAX_BALLOT = 8  # scan candidates shown to the planner agents
+VOTE_WEIGHT = 0.6  # share of the agents' support in a debate-mode score
 
 
 class KindInfo(Record):
@@ -168,6 +190,8 @@ class PrioritizedGoal(Record):
     source: Literal["planner", "user"] = "planner"
     objective_fidelity: float | None = None
     requested_at: datetime | None = None  # user goals: each request is launched once
+    proposed_by: str = ""  # debate mode: the agent that proposed it ("" : the scan)
+    support: float | None = None  # debate mode: mean vote confidence, 0..1
 
     @property
     def run_key(self) -> str:
@@ -183,11 +207,31 @@ class PrioritizedGoal(Record):
         return "p" + self.run_key.removeprefix("goal-")[:11]
 
 
+class DroppedGoal(Record):
+    """An agent's goal the planner did not put on the ballot, and why."""
+
+    agent: str
+    goal: str
+    reason: str
+    objective_fidelity: float | None = None
+
+
 class Priorities(Record):
-    """What `meta_planner_priorities` holds: the ranked goals and where they came from."""
+    """What `meta_planner_priorities` holds: the ranked goals and where they came from.
+
+    `mode` is how the goals were ranked; `requested_mode` what was configured. A debate
+    that could not rank leaves `mode` "scan" and says why in `fallback_reason`."""
 
     generated_at: datetime = Field(default_factory=utcnow)
-    mode: Literal["scan"] = "scan"
+    mode: PlannerMode = "scan"
+    requested_mode: PlannerMode = "scan"
+    fallback_reason: str = ""
+    planner_agents: list[str] = Field(default_factory=list)  # the agents that took part
+    agent_failures: dict[str, str] = Field(default_factory=dict)
+    votes: list[GoalVote] = Field(default_factory=list)
+    dropped: list[DroppedGoal] = Field(default_factory=list)
+    llm_calls: int = 0
+    cost_usd: float = Field(default=0.0, ge=0.0)
     objective: str = ""
     targets: list[str] = Field(default_factory=list)
     signals_total: int = 0
@@ -394,7 +438,14 @@ class MetaPlanner:
         patterns: pd.DataFrame | None = None,
         root: Path | str | None = None,
         fidelity_threshold: float = FIDELITY_THRESHOLD,
+        mode: PlannerMode = "scan",
+        planner_agents: Sequence[str | GoalPlanner] = (),
+        budget_usd: float | None = None,
     ) -> None:
+        """`planner_agents`: agent names or import paths (built with the planner's own
+        budget of `budget_usd`, None or <= 0: unlimited) or agent objects (debate mode)."""
+        if mode not in ("scan", "debate"):
+            raise BadInput(f"planner mode {mode!r} is unknown", "use mode 'scan' or 'debate'")
         self.store = store
         self.objective = objective.strip()
         self.tracks = [Track(t) for t in tracks] if tracks else list(Track)
@@ -404,6 +455,9 @@ class MetaPlanner:
         self.patterns = patterns
         self.root = Path(root) if root else None
         self.fidelity_threshold = fidelity_threshold
+        self.mode: PlannerMode = mode
+        self.planner_agents = list(planner_agents)
+        self.budget = Budget(budget_usd if budget_usd is not None and budget_usd > 0 else None)
         self._names: dict[str, str] | None = None
 
     # ------------------------------------------------------------ scanning
@@ -558,6 +612,15 @@ class MetaPlanner:
             if not candidates:
                 candidates = [self._fallback(scans[0] if scans else None)]
         candidates.sort(key=lambda g: (-g.score, g.track.value, g.goal))
+        debate = Debate(requested=self.mode)
+        if self.mode == "debate":
+            debate = self.debate(candidates[:MAX_BALLOT], scans)
+            if debate.ranked is not None:
+                candidates = debate.ranked
+            else:
+                notes.append(f"debate mode fell back to the scan: {debate.fallback_reason}")
+            notes += [f"planner agent {a}: {e}" for a, e in debate.failures.items()]
+            notes += [f"dropped {d.agent}'s goal {d.goal!r}: {d.reason}" for d in debate.dropped]
         candidates = candidates[: self.max_goals]
         first = scans[0] if scans else None
         users = [self._user_goal(text, user_track, first) for text in user_goals if text.strip()]
@@ -573,7 +636,259 @@ class MetaPlanner:
             signals_by_source=dict(sorted(Counter(s.source for s in signals).items())),
             goals=ranked,
             notes=notes,
+            mode="debate" if debate.ranked is not None else "scan",
+            requested_mode=self.mode,
+            fallback_reason=debate.fallback_reason,
+            planner_agents=debate.agents,
+            agent_failures=debate.failures,
+            votes=debate.votes,
+            dropped=debate.dropped,
+            llm_calls=debate.calls,
+            cost_usd=round(debate.cost_usd, 8),
         )
+
+    # ------------------------------------------------------------ debate mode
+
+    def planning_context(self, scans: Sequence[TargetScan]) -> str:
+        """What the planner agents read besides the ballot: the signals and the learning
+        tables (how each kind of improvement and each agent has fared)."""
+        lines = ["# Signals"]
+        for scan in scans:
+            sources = Counter(s.source for s in scan.signals)
+            lines.append(
+                f"- {scan.target.origin} at {scan.base_sha[:12] or '?'}: {scan.files} files; "
+                + (", ".join(f"{n} {k}" for k, n in sorted(sources.items())) or "no signals")
+                + (f"; scan failed: {scan.error}" if scan.error else "")
+            )
+        lines.append("\n# Kinds of improvement tried before (pattern reinforcements)")
+        if self.patterns is None or self.patterns.empty:
+            lines.append("(no cycles yet)")
+        else:
+            for row in self.patterns.head(20).itertuples(False):
+                lines.append(
+                    f"- {row.kind}: landed {int(row.successes)} of {int(row.attempts)} "
+                    f"(success rate {float(row.success_rate):.2f})"
+                )
+        lines.append("\n# Agents (agent performance, all tracks)")
+        table = self.performance
+        if table is None or table.empty:
+            lines.append("(no cycles yet)")
+        else:
+            for row in table[table["track"] == ALL_TRACKS].head(20).itertuples(False):
+                lines.append(
+                    f"- {row.agent}: {int(row.cycles)} cycles, {int(row.commits)} commits, "
+                    f"{int(row.failed_cycles)} failed, rating {float(row.rating):.0f}"
+                )
+        return "\n".join(lines)
+
+    def _planner_panel(self, failures: dict[str, str]) -> list[GoalPlanner]:
+        from nomic_dagster.agents import build_agent
+
+        panel: list[GoalPlanner] = []
+        for spec in self.planner_agents:
+            label = spec if isinstance(spec, str) else getattr(spec, "name", repr(spec))
+            try:
+                agent = build_agent(spec, self.budget) if isinstance(spec, str) else spec
+            except Exception as exc:  # a missing key, an unpriced model: fall back, not crash
+                failures[label] = f"cannot be built: {exc}"[:500]
+                continue
+            if isinstance(agent, GoalPlanner):
+                panel.append(agent)
+            else:
+                failures[label] = "has no plan/vote_goals step (an offline tool): skipped"
+        return panel
+
+    def debate(self, ranked: Sequence[PrioritizedGoal], scans: Sequence[TargetScan]) -> Debate:
+        """Ask the planner agents for goals and votes; `Debate.ranked` is None when the
+        debate cannot rank (the caller keeps the scan's ranking)."""
+        out = Debate(requested="debate")
+        panel = self._planner_panel(out.failures)
+        out.agents = [a.name for a in panel]
+        if not panel:
+            out.fallback_reason = (
+                "no planner agent could take part: "
+                + "; ".join(f"{a} {e}" for a, e in out.failures.items())
+                if out.failures
+                else "no planner agents are configured (planner_agents)"
+            )[:1000]
+            return out
+        usage_before = {a.name: len(getattr(a, "usage", [])) for a in panel}
+        objective = self.objective
+        ballot = [
+            CandidateGoal(
+                id=f"c{i}",
+                track=g.track,
+                kind=g.kind,
+                goal=g.goal,
+                rationale=g.rationale[:400],
+                file_hints=g.file_hints,
+                scan_score=g.score,
+                source="scan",
+            )
+            for i, g in enumerate(ranked, start=1)
+        ]
+        goals: dict[str, PrioritizedGoal] = {c.id: g for c, g in zip(ballot, ranked, strict=True)}
+        context = self.planning_context(scans)
+        seen = {_norm(g.goal) for g in ranked}
+        for agent in panel:
+            proposals = self._ask_planner(
+                agent, "plan", out, lambda a=agent: a.plan(ballot, objective, context)
+            )
+            for p in proposals or []:
+                goal = self._agent_goal(p, goals, scans, out)
+                if goal is None or _norm(goal.goal) in seen:
+                    continue
+                seen.add(_norm(goal.goal))
+                cid = f"a{len(ballot) - len(ranked) + 1}"
+                ballot.append(
+                    CandidateGoal(
+                        id=cid,
+                        track=goal.track,
+                        kind=goal.kind,
+                        goal=goal.goal,
+                        rationale=p.description[:400],
+                        file_hints=goal.file_hints,
+                        scan_score=goal.score,
+                        source=f"agent:{p.agent}",
+                    )
+                )
+                goals[cid] = goal
+        voters = 0
+        for agent in panel:
+            votes = self._ask_planner(
+                agent, "vote_goals", out, lambda a=agent: a.vote_goals(ballot, objective, context)
+            )
+            if votes is None:
+                continue
+            voters += 1
+            valid = {c.id for c in ballot}
+            out.votes += [
+                v.model_copy(update={"voter": agent.name}) for v in votes if v.goal_id in valid
+            ]
+        for agent in panel:
+            for call in list(getattr(agent, "usage", []))[usage_before[agent.name] :]:
+                out.calls += 1
+                out.cost_usd += call.usage.usd
+        if voters == 0:
+            out.fallback_reason = "no planner agent voted: " + (
+                "; ".join(f"{a}: {e}" for a, e in out.failures.items()) or "no votes"
+            )
+            return out
+        out.ranked = self._rank(goals, out.votes, voters)
+        return out
+
+    def _ask_planner(self, agent: GoalPlanner, step: str, out: Debate, fn: Any) -> Any:
+        """One planner step through the agent's circuit breaker; a failure is recorded and
+        the agent sits the step out; a refused budget ends every later call."""
+        if out.budget_exhausted:
+            out.failures.setdefault(agent.name, f"{step}: not asked, the planner budget is spent")
+            return None
+        try:
+            return guarded_call(agent.name, fn)
+        except BudgetExhausted as exc:
+            out.budget_exhausted = True
+            out.failures.setdefault(agent.name, f"{step}: {exc}"[:500])
+        except CircuitOpenError as exc:
+            out.failures.setdefault(agent.name, f"{step}: {exc}"[:500])
+        except Exception as exc:  # an agent's failure must not fail the plan
+            out.failures.setdefault(agent.name, f"{step}: {type(exc).__name__}: {exc}"[:500])
+        return None
+
+    def _agent_goal(
+        self,
+        p: GoalProposal,
+        ballot: dict[str, PrioritizedGoal],
+        scans: Sequence[TargetScan],
+        out: Debate,
+    ) -> PrioritizedGoal | None:
+        """An agent's proposal as a goal, or None (recorded in `out.dropped`)."""
+        text = p.title.strip()
+        fit = (
+            fidelity(self.objective, f"{text} {p.description}", p.kind) if self.objective else None
+        )
+        if fit is not None and fit < self.fidelity_threshold:
+            out.dropped.append(
+                DroppedGoal(
+                    agent=p.agent,
+                    goal=text,
+                    reason=f"off the objective (fit {fit:.2f} < {self.fidelity_threshold})",
+                    objective_fidelity=fit,
+                )
+            )
+            return None
+        if p.track not in self.tracks:
+            out.dropped.append(
+                DroppedGoal(
+                    agent=p.agent,
+                    goal=text,
+                    reason=f"track {p.track.value} is not one the planner may plan for",
+                    objective_fidelity=fit,
+                )
+            )
+            return None
+        track = p.track
+        base = ballot.get(p.based_on)
+        scan = scans[0] if scans else None
+        panel, panel_notes = self.panel_for(track)
+        if self.objective:
+            text = f"{text} (objective: {self.objective})"
+        repo = (
+            base.repo
+            if base
+            else (None if scan is None or scan.target.origin == "demo" else scan.target.origin)
+        )
+        return PrioritizedGoal(
+            id="",
+            priority=1,
+            track=track,
+            goal=text,
+            kind=p.kind,
+            rationale="; ".join(
+                [
+                    f"proposed by {p.agent}: {p.description}"[:600],
+                    *([f"refines {p.based_on}"] if base else []),
+                    f"{self.kind_history(p.kind)}",
+                    *([f"objective fit {fit:.2f}"] if fit is not None else []),
+                    *panel_notes,
+                ]
+            ),
+            expected_impact=p.expected_impact,
+            score=base.score if base else 0.0,
+            signals=base.signals if base else 0,
+            focus_areas=_focus_areas(p.file_hints[:MAX_FILE_HINTS], []),
+            file_hints=p.file_hints[:MAX_FILE_HINTS],
+            repo=repo,
+            base_branch=base.base_branch if base else (scan.target.base_branch if scan else None),
+            base_sha=base.base_sha if base else ((scan.base_sha or None) if scan else None),
+            agents=panel,
+            objective_fidelity=fit,
+            proposed_by=p.agent,
+        )
+
+    def _rank(
+        self, goals: dict[str, PrioritizedGoal], votes: Sequence[GoalVote], voters: int
+    ) -> list[PrioritizedGoal]:
+        best_scan = max((g.score for g in goals.values()), default=0.0)
+        ranked = []
+        for cid, g in goals.items():
+            mine = [v for v in votes if v.goal_id == cid]
+            support = sum(v.confidence for v in mine) / voters
+            share = g.score / best_scan if best_scan > 0 else 0.0
+            factor = min(1.0, pattern_factor(self.patterns, g.kind))
+            score = (VOTE_WEIGHT * support + (1 - VOTE_WEIGHT) * share) * factor
+            tally = ", ".join(f"{v.voter} {v.confidence:.2f}" for v in mine) or "no votes"
+            ranked.append(
+                g.model_copy(
+                    update={
+                        "score": round(score, 4),
+                        "support": round(support, 4),
+                        "rationale": f"{g.rationale}; votes: {tally} (support {support:.2f}, "
+                        f"scan share {share:.2f}, kind factor {factor:.2f})",
+                    }
+                )
+            )
+        ranked.sort(key=lambda g: (-g.score, -(g.support or 0.0), g.track.value, g.goal))
+        return ranked
 
     def _fallback(self, scan: TargetScan | None) -> PrioritizedGoal:
         track = infer_track(self.objective, self.tracks)
@@ -619,6 +934,25 @@ class MetaPlanner:
             source="user",
             requested_at=utcnow(),
         )
+
+
+class Debate(Record):
+    """What one debate-mode plan did (internal; its parts go into `Priorities`)."""
+
+    requested: PlannerMode = "scan"
+    agents: list[str] = Field(default_factory=list)
+    ranked: list[PrioritizedGoal] | None = None
+    fallback_reason: str = ""
+    failures: dict[str, str] = Field(default_factory=dict)
+    votes: list[GoalVote] = Field(default_factory=list)
+    dropped: list[DroppedGoal] = Field(default_factory=list)
+    calls: int = 0
+    cost_usd: float = 0.0
+    budget_exhausted: bool = False
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def _focus_areas(files: Sequence[str], signals: Sequence[Signal]) -> list[str]:

@@ -16,6 +16,12 @@ A subtask is launched only after every dependency's run finished with SUCCESS; a
 canceled or skipped dependency marks its dependants skipped. The result reports every
 subtask: run id, run status and the cycle's outcome from the `cycle_records`
 materialization of its run.
+
+With `require_approval=True` every run stops after DESIGN (outcome awaiting_approval): the
+subtask is reported `awaiting_approval` with the command that approves it, and its
+dependants are `not_started` (they need the approved commit first); the orchestration is
+then not a success yet. Approving (`nomic approve <cycle_id>` or the `nomic_approve` job)
+runs the cycle on; its dependants are a new `execute` away.
 """
 
 from __future__ import annotations
@@ -41,10 +47,19 @@ from nomic_dagster.errors import BadInput
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.instance import PROJECT_ROOT
 from nomic_dagster.orchestration.ops import CYCLE_ID_TAG
-from nomic_dagster.records import Track
+from nomic_dagster.records import Outcome, Track
 from nomic_dagster.settings import CycleSettings
 
-Status = Literal["pending", "running", "completed", "failed", "skipped", "timed_out"]
+Status = Literal[
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "skipped",
+    "timed_out",
+    "awaiting_approval",  # the run stopped after DESIGN for a person's decision
+    "not_started",  # a dependency awaits approval
+]
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 ORCHESTRATION_TAG = "nomic/orchestration_id"
 SUBTASK_TAG = "nomic/subtask_id"
@@ -163,7 +178,7 @@ class OrchestrationResult(BaseModel):
     goal: str
     tracks: list[Track]
     require_approval: bool
-    approval_enforced: bool = False  # approval gating arrives in a later change
+    approval_enforced: bool = False  # True when require_approval: every run stops after DESIGN
     decomposition: TaskDecomposition
     subtasks: list[SubTaskResult]
     duration_seconds: float
@@ -181,6 +196,11 @@ class OrchestrationResult(BaseModel):
     @property
     def skipped(self) -> int:
         return sum(r.status == "skipped" for r in self.subtasks)
+
+    @property
+    def awaiting_approval(self) -> list[str]:
+        """Cycle ids waiting for a person: `nomic approve <cycle_id>`."""
+        return [r.cycle_id for r in self.subtasks if r.status == "awaiting_approval"]
 
 
 class AutonomousOrchestrator:
@@ -244,8 +264,9 @@ class AutonomousOrchestrator:
         """Decompose `goal`, run each subtask on its track in dependency order, and report.
 
         Subtasks routed to a track outside `tracks` (all tracks when None) are skipped.
-        `require_approval` is accepted and recorded in the result, but NOT enforced yet:
-        human approval arrives in a later change, and runs launch without waiting for it.
+        `require_approval`: every run stops after DESIGN; those subtasks end
+        `awaiting_approval`, their dependants `not_started`, and `success` is False until
+        they are approved (see the module docstring).
         """
         started = time.monotonic()
         orch_id = uuid.uuid4().hex[:6]
@@ -264,7 +285,7 @@ class AutonomousOrchestrator:
             self._refresh(results)
             self._skip_blocked(results)
             for res in self._ready(results):
-                await self._launch(res, orch_id)
+                await self._launch(res, orch_id, require_approval)
             if all(r.status not in ("pending", "running") for r in results.values()):
                 break
             if time.monotonic() > deadline:
@@ -279,6 +300,7 @@ class AutonomousOrchestrator:
         summary = "; ".join(
             f"{r.subtask.id} [{r.track.value}] {r.status}"
             + (f" ({r.outcome})" if r.outcome else "")
+            + (f": nomic approve {r.cycle_id}" if r.status == "awaiting_approval" else "")
             for r in ordered
         )
         return OrchestrationResult(
@@ -286,6 +308,7 @@ class AutonomousOrchestrator:
             goal=goal,
             tracks=allowed,
             require_approval=require_approval,
+            approval_enforced=require_approval,
             decomposition=decomposition,
             subtasks=ordered,
             duration_seconds=round(time.monotonic() - started, 3),
@@ -324,15 +347,24 @@ class AutonomousOrchestrator:
                     continue
                 for dep_id in r.subtask.dependencies:
                     dep = results.get(dep_id)
+                    if dep is not None and dep.status in ("awaiting_approval", "not_started"):
+                        r.status = "not_started"
+                        r.reason = f"dependency {dep_id} awaits approval (cycle {dep.cycle_id})"
+                        changed = True
+                        break
                     if dep is None or dep.status in ("failed", "skipped", "timed_out"):
                         r.status = "skipped"
                         r.reason = f"dependency {dep_id} did not complete"
                         changed = True
                         break
 
-    async def _launch(self, res: SubTaskResult, orch_id: str) -> None:
+    async def _launch(
+        self, res: SubTaskResult, orch_id: str, require_approval: bool = False
+    ) -> None:
         sub = res.subtask
         config: dict[str, Any] = {**self.cycle_config, "goal": f"{sub.title}: {sub.description}"}
+        if require_approval:
+            config["require_approval"] = True
         if self.repo is not None:
             config["repo"] = self.repo
         tags = {CYCLE_ID_TAG: res.cycle_id, ORCHESTRATION_TAG: orch_id, SUBTASK_TAG: sub.id}
@@ -379,6 +411,9 @@ class AutonomousOrchestrator:
             res.started_at, res.finished_at = record.start_time, record.end_time
             res.status = "completed" if run.status == dg.DagsterRunStatus.SUCCESS else "failed"
             self._read_outcome(res)
+            if res.status == "completed" and res.outcome == Outcome.AWAITING_APPROVAL.value:
+                res.status = "awaiting_approval"
+                res.reason = f"design awaits approval: nomic approve {res.cycle_id}"
 
     def _read_outcome(self, res: SubTaskResult) -> None:
         events = self.instance.all_logs(

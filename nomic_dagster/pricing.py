@@ -94,6 +94,7 @@ class LLMCall(BaseModel):
     provider: str
     model: str
     step: str  # propose, critique, vote, design, implement (+ ":repair" for a repair round)
+    phase: str = ""  # the cycle phase that made the call (set by `cycle.run_phase`)
     usage: Usage
     worst_case_usd: float = 0.0  # what the budget reserved before the call
     ok: bool = True
@@ -326,22 +327,32 @@ def budget_from_env() -> float | None:
     return value
 
 
-# One budget per cycle for agents built without an explicit one. The panel is built again
-# in every phase (and agents only see the cycle through its context), so the worktree path,
-# which is unique to a cycle, keys the budget: the limit then spans the whole cycle.
+# The budget of each cycle in this process, keyed by the cycle's worktree path (agents see
+# the cycle only through its context, whose `root` is that path). `cycle.run_phase` opens a
+# fresh one before every phase, seeded with what the cycle's state says was already spent,
+# so the limit spans the whole cycle even when each phase runs in its own process (the
+# multiprocess executor, the state machine's child processes, a resumed cycle).
 _cycle_budgets: dict[str, Budget] = {}
 _cycle_lock = threading.Lock()
 _MAX_CYCLE_BUDGETS = 256
 
 
-def cycle_budget(key: str, limit_usd: float | None) -> Budget:
+def open_cycle_budget(key: str, limit_usd: float | None, spent_usd: float = 0.0) -> Budget:
+    """A new budget for the cycle keyed by `key`, replacing any earlier one in this process."""
+    with _cycle_lock:
+        _cycle_budgets.pop(key, None)
+        if len(_cycle_budgets) >= _MAX_CYCLE_BUDGETS:
+            _cycle_budgets.pop(next(iter(_cycle_budgets)))
+        found = _cycle_budgets[key] = Budget(limit_usd, spent_usd=spent_usd)
+        return found
+
+
+def cycle_budget(key: str, limit_usd: float | None = None) -> Budget:
+    """The budget open for the cycle keyed by `key`; a new one with `limit_usd` when none is
+    (an agent used outside `run_phase`, e.g. by the decomposer or a test)."""
     with _cycle_lock:
         found = _cycle_budgets.get(key)
-        if found is None or found.limit_usd != limit_usd:
-            if len(_cycle_budgets) >= _MAX_CYCLE_BUDGETS:
-                _cycle_budgets.pop(next(iter(_cycle_budgets)))
-            found = _cycle_budgets[key] = Budget(limit_usd)
-        return found
+    return found if found is not None else open_cycle_budget(key, limit_usd)
 
 
 def cycle_budgets() -> dict[str, Budget]:
@@ -350,16 +361,31 @@ def cycle_budgets() -> dict[str, Budget]:
         return dict(_cycle_budgets)
 
 
-def cycle_spend(key: str | None) -> dict[str, float | int]:
-    """cost_usd, tokens and llm_calls of the cycle whose budget is keyed by `key` (its
-    worktree), as this process saw them; zeros for offline-only cycles."""
-    budget = cycle_budgets().get(key) if key else None
-    calls = budget.calls if budget else []
-    return {
-        "cost_usd": round(sum(c.usage.usd for c in calls), 8),
-        "tokens": sum(c.usage.total_tokens for c in calls),
-        "llm_calls": len(calls),
-    }
+class Spend(BaseModel):
+    """What a set of calls cost, in total and by phase and agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cost_usd: float = 0.0
+    tokens: int = 0
+    llm_calls: int = 0
+    cost_by_phase: dict[str, float] = Field(default_factory=dict)
+    cost_by_agent: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, calls: list[LLMCall]) -> Spend:
+        by_phase: dict[str, float] = {}
+        by_agent: dict[str, float] = {}
+        for c in calls:
+            by_phase[c.phase or "?"] = round(by_phase.get(c.phase or "?", 0.0) + c.usage.usd, 8)
+            by_agent[c.agent] = round(by_agent.get(c.agent, 0.0) + c.usage.usd, 8)
+        return cls(
+            cost_usd=round(sum(c.usage.usd for c in calls), 8),
+            tokens=sum(c.usage.total_tokens for c in calls),
+            llm_calls=len(calls),
+            cost_by_phase=by_phase,
+            cost_by_agent=by_agent,
+        )
 
 
 def forget_cycle_budgets() -> None:
@@ -378,6 +404,7 @@ __all__ = [
     "Price",
     "PriceTable",
     "Reservation",
+    "Spend",
     "Usage",
     "budget_from_env",
     "cycle_budget",
@@ -385,4 +412,5 @@ __all__ = [
     "estimate_tokens",
     "forget_cycle_budgets",
     "is_local_url",
+    "open_cycle_budget",
 ]

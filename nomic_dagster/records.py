@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
 def utcnow() -> datetime:
@@ -56,6 +56,10 @@ class Outcome(StrEnum):
     # The state machine ended the cycle before a gate decided: stop() was called, a custom
     # handler chose to finish, or recovery skipped the rest after a failed phase.
     ABANDONED = "abandoned"
+    # Paused, not ended: the design waits for a person (`nomic approve|reject`, the
+    # nomic_approve job). Nothing landed; the stored state resumes at IMPLEMENT.
+    AWAITING_APPROVAL = "awaiting_approval"
+    REJECTED_BY_HUMAN = "rejected_by_human"
 
     @property
     def is_failure(self) -> bool:
@@ -199,7 +203,7 @@ class RepoContext(Record):
 
 
 class Proposal(Record):
-    id: str  # "<agent>:<kind>", unique within a debate
+    id: str  # "<agent>:<kind>", unique within a debate; kept by revisions
     agent: str
     kind: str  # kind of improvement, e.g. "lint-fix", "add-tests", "remove-dead-code"
     title: str
@@ -209,6 +213,10 @@ class Proposal(Record):
     benefit: float = Field(ge=0.0, le=1.0)  # the proposer's own estimate
     risk: float = Field(ge=0.0, le=1.0)
     estimated_lines: int = Field(ge=0)
+    # 0: as proposed; n: revised n times during the debate (the id stays, so votes stay
+    # comparable across rounds). The note says what the last revision changed and why.
+    revision: int = Field(default=0, ge=0)
+    revision_note: str = ""
 
 
 class Critique(Record):
@@ -218,14 +226,57 @@ class Critique(Record):
     score: float = Field(ge=0.0, le=1.0)  # higher is better for the proposal
     stance: Literal["support", "neutral", "oppose"]
     comment: str
+    round: int = 1  # the critique round (1..critique_rounds) it was given in
+    revision: int = 0  # the revision of the proposal it judged
 
 
 class Vote(Record):
     voter: str
     proposal_id: str
     confidence: float = Field(ge=0.0, le=1.0)
-    round: int = 1  # 0: the vote-only round before critiques; 1: after critiques
+    round: int = 1  # 0: the vote-only round before critiques; n: after critique round n
     reason: str = ""
+
+
+class ProposalRevision(Record):
+    """A proposer revised its proposal in light of the critiques of it."""
+
+    round: int
+    proposal_id: str
+    agent: str
+    revision: int  # the new revision number
+    changed: list[str]  # the fields that changed
+    note: str = ""  # the proposer's own account: what it changed, answering which critique
+    previous: Proposal
+    revised: Proposal
+
+
+class DebateRound(Record):
+    """One ballot. Round 0 is the vote-only ballot before any critique (the counterfactual);
+    round n follows critique round n and the revisions it prompted."""
+
+    round: int
+    votes: list[Vote]
+    tally: dict[str, int]  # votes per proposal id
+    weighted_tally: dict[str, float]  # summed confidence per proposal id
+    leader: str | None  # most votes; ties go to the higher summed confidence, then the id
+    flips: list[str] = Field(default_factory=list)  # voters whose choice changed from round n-1
+    agreement: float = 0.0  # share of this round's voters backing the leader
+    critiques: int = 0  # critiques given in this round
+    revisions: list[ProposalRevision] = Field(default_factory=list)
+    dropped: list[str] = Field(default_factory=list)  # agents that failed during this round
+
+
+class JudgeDecision(Record):
+    """What the judge (settings.judge) decided when the panel reached no consensus."""
+
+    judge: str
+    why: Literal["no_consensus", "tie"]  # tie: several proposals share the most votes
+    candidates: list[str]  # the proposal ids it chose from
+    choice: str | None = None  # None: the judge failed, the debate stays without consensus
+    confidence: float = 0.0
+    reason: str = ""
+    error: str = ""
 
 
 class Consensus(Record):
@@ -235,16 +286,34 @@ class Consensus(Record):
     votes_for_winner: int
     voters: int
     tally: dict[str, int]
-    first_round_winner_id: str | None  # the vote-only (pre-critique) winner, for comparison
-    changed_by_debate: bool  # the final winner differs from the vote-only one
+    # The vote-only counterfactual: the leader of round 0, before any critique. Stored
+    # records and callers may still say `first_round_winner_id` (see the property below).
+    vote_only_winner_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("vote_only_winner_id", "first_round_winner_id"),
+    )
+    # The proposal the debate settled on (the winner, else the final leader) differs from
+    # the vote-only leader.
+    changed_by_debate: bool
+    vote_only_reached: bool = False  # round 0 alone would have met the rule
+    weighted_tally: dict[str, float] = Field(default_factory=dict)  # final round, by confidence
+    early_stopped_after: int | None = None  # the critique round after which the leader was stable
+    judge: JudgeDecision | None = None
+    reason: str = ""  # why no consensus, when it is not the rule (a lost quorum, the judge)
+
+    @property
+    def first_round_winner_id(self) -> str | None:
+        return self.vote_only_winner_id
 
 
 class DebateResult(Record):
-    proposals: list[Proposal]
-    critiques: list[Critique]
+    proposals: list[Proposal]  # every proposal in its final revision
+    critiques: list[Critique]  # every round's
+    # The vote-only round (round 0) and the final round; every round is in `rounds`.
     votes: list[Vote]
     consensus: Consensus
     agent_failures: dict[str, str] = Field(default_factory=dict)
+    rounds: list[DebateRound] = Field(default_factory=list)
 
     @property
     def winner(self) -> Proposal | None:
@@ -371,7 +440,10 @@ class CycleRecord(Record):
     cost_usd: float = 0.0  # what the cycle's LLM calls cost (0 for the offline agents)
     tokens: int = 0
     llm_calls: int = 0
+    cost_by_phase: dict[str, float] = Field(default_factory=dict)  # USD per phase
+    cost_by_agent: dict[str, float] = Field(default_factory=dict)  # USD per agent
     phase_durations: dict[str, float] = Field(default_factory=dict)
+    cassette: str | None = None  # the cassette of its LLM calls (agents/cassette.py), if any
     started_at: datetime
     finished_at: datetime
 

@@ -52,17 +52,68 @@ class CycleSettings(BaseModel):
             "names the cycle branch. Empty: the run's nomic/track tag, else developer."
         ),
     ] = ""
+    # Empty by default (not DEFAULT_AGENTS) so that "not named" can be told apart from a
+    # named panel: the launchpad shows (and sends) this default, and $NOMIC_AGENTS must win
+    # over it. The panel is resolved in CONTEXT (`agents.panel_names`).
     agents: Annotated[
         list[str],
         Field(
-            description="The agent panel: offline agents (lint-fixer, test-writer, dead-code), "
-            "LLM agents (claude, gpt, openai-compatible) or import paths 'package.module:ClassName'."
+            description="The agent panel: offline agents (lint-fixer, test-writer, dead-code, "
+            "or `offline` for all three), LLM agents (claude, gpt, openai-compatible), CLI "
+            "agents (claude-code, codex) or import paths 'package.module:ClassName'. Empty: "
+            "$NOMIC_AGENTS (e.g. claude,offline), else lint-fixer, test-writer, dead-code."
         ),
-    ] = Field(default_factory=lambda: list(DEFAULT_AGENTS))
+    ] = Field(default_factory=list)
+    designer: Annotated[
+        str,
+        Field(
+            description="The agent that designs the winning proposal; may be outside the "
+            "panel (built like any agent). Empty: the winning proposal's agent."
+        ),
+    ] = ""
+    implementer: Annotated[
+        str,
+        Field(
+            description="The agent that implements the design, e.g. claude-code or codex; "
+            "may be outside the panel. Empty: the designer."
+        ),
+    ] = ""
     consensus_rule: Annotated[
         RuleName,
         Field(description="How many voters must back the winner: majority, two_thirds, unanimous."),
     ] = "two_thirds"
+    critique_rounds: Annotated[
+        int,
+        Field(
+            description="Critique rounds after the vote-only ballot: in each, every agent "
+            "critiques the others' current proposals, proposers may revise, everyone votes "
+            "again. 0: the vote-only ballot decides.",
+            ge=0,
+        ),
+    ] = 2
+    early_stop: Annotated[
+        bool,
+        Field(
+            description="Stop the critique rounds once two consecutive ballots have the same "
+            "leader, no voter changed its choice and no proposal was revised."
+        ),
+    ] = True
+    judge: Annotated[
+        str,
+        Field(
+            description="An agent (name or import path) that does not propose and, when the "
+            "panel reaches no consensus, picks the winner by its own vote. Empty: no judge."
+        ),
+    ] = ""
+    quorum: Annotated[
+        int,
+        Field(
+            description="Fewest voters the debate needs; below it the cycle ends with "
+            "no_consensus. Capped at the agents that entered the debate (the panel less "
+            "those that failed to propose), so one-agent panels still decide.",
+            ge=1,
+        ),
+    ] = 2
     protected_paths: Annotated[
         list[str],
         Field(
@@ -88,6 +139,31 @@ class CycleSettings(BaseModel):
             "base has not moved since the cycle started. Default: leave the branch for review."
         ),
     ] = False
+    budget_usd: Annotated[
+        float | None,
+        Field(
+            description="Most the cycle's model calls may cost, in USD, across all its phases "
+            "and re-executions; a call whose worst case could cross it is not made and the "
+            "cycle ends budget_exhausted. Empty: $NOMIC_BUDGET_USD, else no limit.",
+            ge=0,
+        ),
+    ] = None
+    require_approval: Annotated[
+        bool,
+        Field(
+            description="Stop after DESIGN (outcome awaiting_approval) until a person approves "
+            "the design (`nomic approve CYCLE`, or the nomic_approve job); the approval resumes "
+            "the cycle at IMPLEMENT without re-running context, debate or design."
+        ),
+    ] = False
+    approval_expiry_hours: Annotated[
+        float | None,
+        Field(
+            description="An approval not acted on within this many hours is refused (approve "
+            "again). Empty: approvals do not expire unless the approver sets an expiry.",
+            gt=0,
+        ),
+    ] = None
     context_budget_chars: Annotated[
         int, Field(description="Size budget of the context shown to agents.", ge=2000)
     ] = 60_000
@@ -95,6 +171,20 @@ class CycleSettings(BaseModel):
         str | None,
         Field(
             description="Where worktrees, clones and cycle records live. Empty: see state_dir()."
+        ),
+    ] = None
+    record_cassette: Annotated[
+        bool,
+        Field(
+            description="Store every LLM request/response of the cycle as a cassette "
+            "(<state dir>/cassettes/<cycle_id>.jsonl, secrets redacted), linked from its record."
+        ),
+    ] = True
+    replay_from: Annotated[
+        str | None,
+        Field(
+            description="Replay a recorded cycle: a cycle id or a cassette path; LLM agents "
+            "answer from it with no network (offline agents run live). Empty: live models."
         ),
     ] = None
 

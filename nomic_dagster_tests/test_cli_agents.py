@@ -22,7 +22,7 @@ from nomic_dagster.agents.base import WorkArea
 from nomic_dagster.agents.cli_agent import ClaudeCodeAgent, CodexAgent
 from nomic_dagster.cycle import run_cycle
 from nomic_dagster.errors import BadInput, ImplementationFailed
-from nomic_dagster.pricing import forget_cycle_budgets
+from nomic_dagster.pricing import Budget, BudgetExhausted, forget_cycle_budgets
 from nomic_dagster.records import Design, Goal, Outcome
 from nomic_dagster_tests.agents_for_tests import GATE_REPO, ScriptedAgent
 from nomic_dagster_tests.repo_builders import (
@@ -329,3 +329,65 @@ def test_claude_output_shapes() -> None:
     assert ClaudeCodeAgent.parse(listed).text == "ok"
     garbage = ClaudeCodeAgent.parse("Segmentation fault\n")
     assert garbage.is_error and "Segmentation fault" in garbage.text
+
+
+def test_claude_gets_what_is_left_of_the_budget_as_its_spend_cap(
+    cli_env: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_exe(cli_env, "claude", CLAUDE_OK)
+    env_out = tmp_path / "env.json"
+    monkeypatch.setenv("FAKE_ENV_OUT", str(env_out))
+    budget = Budget(0.5)
+    budget.settle(budget.reserve(0.1, "an earlier call"), 0.1)
+    agent = build_agent("claude-code", budget=budget)
+
+    agent.implement(triple_design(), area_for(repo, tmp_path))
+
+    argv = json.loads(env_out.read_text())["argv"]
+    assert argv[-2:] == ["--max-budget-usd", "0.4000"]  # the 0.5 limit less the 0.1 spent
+    [call] = agent.usage
+    assert call.worst_case_usd == pytest.approx(0.4)  # reserved before the run...
+    assert budget.spent_usd == pytest.approx(0.1421)  # ...settled with the reported cost
+    assert budget.remaining_usd == pytest.approx(0.5 - 0.1421)
+
+    # a spent budget refuses the run before the CLI starts
+    env_out.unlink()
+    with pytest.raises(BudgetExhausted):
+        ClaudeCodeAgent(budget=Budget(0.0)).implement(triple_design(), area_for(repo, tmp_path))
+    assert not env_out.exists()
+
+
+def test_codex_has_no_spend_cap_flag_and_a_spent_budget_refuses_it(
+    cli_env: Path, repo: Path, tmp_path: Path
+) -> None:
+    argv_out = tmp_path / "argv.json"
+    fake_exe(cli_env, "codex", CODEX_OK + f"\njson.dump(sys.argv, open({str(argv_out)!r}, 'w'))\n")
+    budget = Budget(0.5)
+    CodexAgent(budget=budget).implement(triple_design("codex"), area_for(repo, tmp_path))
+    assert "--max-budget-usd" not in json.loads(argv_out.read_text())
+    assert len(budget.calls) == 1  # its tokens are recorded in the budget it was given
+    argv_out.unlink()
+    spent = Budget(0.05)
+    spent.settle(spent.reserve(0.05, "earlier"), 0.06)
+    with pytest.raises(BudgetExhausted):
+        CodexAgent(budget=spent).implement(triple_design("codex"), area_for(repo, tmp_path))
+    assert not argv_out.exists()
+
+
+def test_a_cycle_budget_caps_claude_code_as_the_implementer(
+    cli_env: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`implementer: claude-code` outside the panel: it gets the cycle's budget as its cap
+    and the commit names it."""
+    fake_exe(cli_env, "claude", CLAUDE_OK)
+    env_out = tmp_path / "env.json"
+    monkeypatch.setenv("FAKE_ENV_OUT", str(env_out))
+    monkeypatch.setenv("NOMIC_BUDGET_USD", "1.25")
+    settings = settings_for(repo, agents=[f"{__name__}:ScriptedAgent"], implementer="claude-code")
+    record = run_cycle(settings)
+    assert record.outcome is Outcome.COMMITTED, record.reason
+    argv = json.loads(env_out.read_text())["argv"]
+    assert argv[-2:] == ["--max-budget-usd", "1.2500"]
+    assert record.cost_usd == pytest.approx(0.0421)
+    trailers = run_git(repo, "log", "-1", "--format=%(trailers:only,unfold)", record.commit_sha)
+    assert "Nomic-Winner: scripted" in trailers and "Nomic-Implementer: claude-code" in trailers

@@ -142,12 +142,12 @@ def test_self_develop_with_approval_stops_after_design(tmp_path: Path) -> None:
     assert "files:   calc/ops.py" in res.stdout
     assert "design ..." in res.stderr and "implement" not in res.stderr  # progress lines
     assert nomic_branches(repo) == []
-    folder = Path(
-        res.stdout.split("reject:   python scripts/nomic_staged.py discard --dir ")[1].split()[0]
-    )
-    assert (folder / "design.json").exists()
-    discard = run(PY, STAGED, "discard", "--dir", str(folder))
-    assert discard.returncode == 0, discard.stderr
+    # the design waits durably for a person (issue 5): rejecting it ends the cycle
+    cycle_id = res.stdout.split("reject:   nomic reject ")[1].split()[0]
+    assert cycle_id in run(NOMIC, "pending").stdout
+    rejected = run(NOMIC, "reject", cycle_id, "--by", "tester", "--note", "not now")
+    assert rejected.returncode == 0, rejected.stderr
+    assert "rejected by tester" in rejected.stdout and "rejected_by_human" in rejected.stdout
     assert worktrees(repo) == [str(repo)] and nomic_branches(repo) == []
 
 

@@ -20,7 +20,7 @@ from nomic_dagster.agents import build_panel
 from nomic_dagster.agents.anthropic_agent import AnthropicAgent
 from nomic_dagster.agents.llm import LLMAgent
 from nomic_dagster.agents.openai_agent import OpenAIAgent
-from nomic_dagster.cycle import run_cycle
+from nomic_dagster.cycle import budget_key, drive_cycle, finish_cycle, run_cycle
 from nomic_dagster.edits import EditRejected, SearchReplace, apply_edits
 from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
 from nomic_dagster.phases.debate import run_debate
@@ -186,7 +186,8 @@ def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     ):
         use_anthropic(monkeypatch, anthropic_server)
         use_openai(monkeypatch, openai_server)
-        record = run_cycle(settings_for(calc_repo, agents=["claude", "gpt"]))
+        state = drive_cycle(settings_for(calc_repo, agents=["claude", "gpt"]))
+        record = finish_cycle(state)
 
     assert record.outcome is Outcome.COMMITTED, record.reason
     assert record.winner == "claude:1" and record.winner_agent == "claude"
@@ -224,15 +225,22 @@ def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
         assert req.body["max_completion_tokens"] == 4096
         assert req.body["response_format"]["json_schema"]["strict"] is True
 
-    # Every call was priced and counted against the cycle's budget.
-    (budget,) = [b for key, b in cycle_budgets().items() if record.cycle_id in key]
-    assert len(budget.calls) == len(anthropic_server.api_requests()) + len(
-        openai_server.api_requests()
-    )
-    assert all(c.ok and c.usage.usd > 0 for c in budget.calls)
-    assert budget.spent_usd == pytest.approx(sum(c.usage.usd for c in budget.calls))
-    assert record.cost_usd == pytest.approx(budget.spent_usd) and record.cost_usd > 0
-    assert record.llm_calls == len(budget.calls)
+    # Every call was priced and carried by the cycle's state, tagged with its phase.
+    calls = state.llm_calls
+    assert len(calls) == len(anthropic_server.api_requests()) + len(openai_server.api_requests())
+    assert all(c.ok and c.usage.usd > 0 for c in calls)
+    assert [c.phase for c in calls if c.agent == "claude"] == [
+        "debate",
+        "debate",
+        "debate",
+        "debate",
+        "design",
+        "implement",
+    ]
+    assert record.cost_usd == pytest.approx(sum(c.usage.usd for c in calls))
+    assert record.cost_usd > 0 and record.llm_calls == len(calls)
+    assert sum(record.cost_by_phase.values()) == pytest.approx(record.cost_usd)
+    assert set(record.cost_by_agent) == {"claude", "gpt"}
 
     # The keys went to the servers and nowhere else: not the state folder (history,
     # worktrees, scratch), not the repository's objects, not the record, not the logs.
@@ -247,7 +255,7 @@ def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     leaks = scan_for_keys(
         git_everything,
         record.model_dump_json(),
-        json.dumps([c.model_dump() for c in budget.calls]),
+        json.dumps([c.model_dump() for c in calls]),
         caplog.text,
         out,
         err,
@@ -787,16 +795,16 @@ def test_the_cycle_budget_spans_phases(calc_repo: Path, monkeypatch: pytest.Monk
 
     with FakeAnthropicServer(full_output) as server:
         use_anthropic(monkeypatch, server)
-        probe = run_cycle(settings_for(calc_repo, agents=["claude"]))
-        assert probe.outcome is Outcome.COMMITTED, probe.reason
-        (unlimited,) = [b for key, b in cycle_budgets().items() if probe.cycle_id in key]
-        calls = unlimited.calls
+        probe = drive_cycle(settings_for(calc_repo, agents=["claude"]))
+        assert finish_cycle(probe).outcome is Outcome.COMMITTED, probe.reason
+        calls = probe.llm_calls
         assert [c.step for c in calls] == ["propose", "vote", "vote", "design", "implement"]
         # enough for the debate's three calls, not for the design's worst case after them
         limit = sum(c.usage.usd for c in calls[:3]) + 0.5 * calls[3].worst_case_usd
         monkeypatch.setenv("NOMIC_BUDGET_USD", f"{limit:.8f}")
         before = len(server.api_requests())
-        record = run_cycle(settings_for(calc_repo, agents=["claude"]))
+        state = drive_cycle(settings_for(calc_repo, agents=["claude"]))
+        record = finish_cycle(state)
     assert [r.step for r in server.api_requests()[before:]] == [
         "submit_proposals",
         "submit_vote",
@@ -804,10 +812,13 @@ def test_the_cycle_budget_spans_phases(calc_repo: Path, monkeypatch: pytest.Monk
     ]
     assert record.outcome is Outcome.BUDGET_EXHAUSTED
     assert "budget exhausted" in record.reason and record.commit_sha is None
-    (budget,) = [b for key, b in cycle_budgets().items() if record.cycle_id in key]
-    assert budget.refused == 1 and len(budget.calls) == 3
+    # the design phase's budget started from the debate's spend and refused its one call
+    budget = cycle_budgets()[budget_key(state)]
+    assert budget.refused == 1 and budget.calls == []
+    assert budget.spent_usd == pytest.approx(sum(c.usage.usd for c in state.llm_calls))
     assert budget.spent_usd <= budget.limit_usd
     # the record carries the spend, and a refused call is not the agent's failure
     assert record.llm_calls == 3 and record.cost_usd == pytest.approx(budget.spent_usd)
-    assert record.tokens == sum(c.usage.total_tokens for c in budget.calls)
+    assert record.tokens == sum(c.usage.total_tokens for c in state.llm_calls)
+    assert record.cost_by_phase == {"debate": pytest.approx(record.cost_usd)}
     assert get_breaker_registry().get_or_create("claude").state == "closed"

@@ -4,6 +4,7 @@
     python scripts/self_develop.py --goal "Improve test coverage" --dry-run
     python scripts/self_develop.py --goal "Tidy the code" --repo PATH --tracks developer qa
     python scripts/self_develop.py --repo PATH --require-approval   # stop after the design
+    nomic pending; nomic approve CYCLE_ID                            # then a person decides
 
 Each track gets up to --max-cycles cycles (through NomicLoop and the state machine when
 this installation has them, else the plain cycle driver). A cycle works in its own
@@ -46,7 +47,7 @@ from nomic_dagster.cli import (
 )
 from nomic_dagster.cycle import finish_cycle, start_cycle
 from nomic_dagster.errors import BadInput
-from nomic_dagster.records import CycleRecord, Phase, utcnow
+from nomic_dagster.records import CycleRecord, Outcome, Phase, utcnow
 from nomic_dagster.report import describe
 from nomic_dagster.settings import CycleSettings, state_dir
 from nomic_dagster.workspace import is_url, validate_repo
@@ -83,7 +84,8 @@ def plan_lines(args: argparse.Namespace, settings: CycleSettings, tracks: list[s
         f"cycles:   up to {args.max_cycles} per track, stop after "
         f"{args.max_consecutive_failures} in a row without a commit",
         f"runner:   {runner_name()}",
-        f"approval: {'stop after DESIGN and print it' if args.require_approval else 'none'}",
+        "approval: "
+        + ("stop after DESIGN until `nomic approve`" if args.require_approval else "none"),
         f"merge:    {'fast-forward the base after a verified commit' if settings.auto_merge else 'leave the branch for review'}",
         "budget:   "
         + (
@@ -95,17 +97,13 @@ def plan_lines(args: argparse.Namespace, settings: CycleSettings, tracks: list[s
 
 
 def design_for_approval(settings: CycleSettings) -> int:
-    """Context, debate and design; print the design and leave the cycle waiting (staged)."""
-    state = start_cycle(settings)
+    """Context, debate and design; the design waits, durably, for `nomic approve|reject`."""
+    state = start_cycle(settings.model_copy(update={"require_approval": True}))
     state = run_phases(state, [Phase.CONTEXT, Phase.DEBATE, Phase.DESIGN])
-    if state.ended:
-        record = finish_cycle(state)
+    record = finish_cycle(state)  # parks a cycle awaiting approval in the approval store
+    if record.outcome is not Outcome.AWAITING_APPROVAL:
         print(describe(record, patch=False))
         return exit_code_for([record])
-    folder = state_dir(settings) / "staged" / state.cycle_id
-    folder.mkdir(parents=True, exist_ok=True)
-    for phase in (Phase.CONTEXT, Phase.DEBATE, Phase.DESIGN):
-        (folder / f"{phase.value}.json").write_text(state.model_dump_json(indent=2))
     d = state.design
     assert d is not None and state.debate is not None
     print(f"cycle {state.cycle_id}: design awaiting approval (nothing implemented)")
@@ -117,9 +115,9 @@ def design_for_approval(settings: CycleSettings) -> int:
     print(f"  tests:   {d.test_plan}")
     print(f"  why:     {d.rationale}")
     print(
-        f"approve:  python scripts/nomic_staged.py implement --dir {folder}  (then verify, commit)"
+        f"approve:  nomic approve {state.cycle_id}  (implement, verify, commit; or the nomic_approve job)"
     )
-    print(f"reject:   python scripts/nomic_staged.py discard --dir {folder}")
+    print(f"reject:   nomic reject {state.cycle_id}")
     return EXIT_OK
 
 
@@ -242,8 +240,8 @@ def build_parser() -> Parser:
     approval.add_argument(
         "--require-approval",
         action="store_true",
-        help="stop after DESIGN, print the design and exit 0 without implementing; continue "
-        "with nomic_staged.py implement (full approval gates arrive with issue 5)",
+        help="stop after DESIGN, print the design and exit 0 without implementing; the design "
+        "waits for `nomic approve CYCLE_ID` (or `nomic reject`, or the nomic_approve job)",
     )
     approval.add_argument(
         "--no-approval",
@@ -253,7 +251,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--checkpoint-dir", help="where the state machine keeps checkpoints")
     add_output_arguments(parser)
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, approval=False)
     return parser
 
 

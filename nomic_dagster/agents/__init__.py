@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from nomic_dagster.agents.backends import SETTINGS_BY_BACKEND, BackendSettings, active_backends
 from nomic_dagster.agents.base import Agent, WorkArea
 from nomic_dagster.errors import BadInput
 
@@ -13,28 +15,10 @@ if TYPE_CHECKING:
     from nomic_dagster.pricing import Budget
 
 AgentFactory = Callable[[], Agent]
-LLMFactory = Callable[["Budget | None"], Agent]
 
-
-def _llm_builtin() -> dict[str, LLMFactory]:
-    """LLM backends, configured from the environment (keys, base URLs, models, budget)."""
-    from nomic_dagster.agents.anthropic_agent import AnthropicAgent
-    from nomic_dagster.agents.openai_agent import OpenAIAgent
-
-    return {
-        "claude": lambda budget: AnthropicAgent.from_env("claude", budget=budget),
-        "gpt": lambda budget: OpenAIAgent.from_env("gpt", budget=budget),
-        "openai-compatible": lambda budget: OpenAIAgent.from_env(
-            "openai-compatible", compatible=True, budget=budget
-        ),
-    }
-
-
-def _cli_builtin() -> dict[str, AgentFactory]:
-    """CLI coding agents (implementers); building one finds its executable or is BadInput."""
-    from nomic_dagster.agents.cli_agent import ClaudeCodeAgent, CodexAgent
-
-    return {"claude-code": ClaudeCodeAgent, "codex": CodexAgent}
+# `NOMIC_AGENTS=claude,gpt` (or `claude,offline`) names the panel when the settings name
+# none; `offline` stands for the three offline agents.
+AGENTS_ENV = "NOMIC_AGENTS"
 
 
 def _builtin() -> dict[str, AgentFactory]:
@@ -70,45 +54,121 @@ def _from_import_path(spec: str) -> Agent:
     return agent
 
 
-def build_agent(name: str, budget: Budget | None = None) -> Agent:
-    """The agent `name`. LLM agents share `budget` when given; without one they share a
-    budget per cycle from $NOMIC_BUDGET_USD. A missing key or an unpriced model is BadInput."""
+def build_agent(
+    name: str,
+    budget: Budget | None = None,
+    backends: Mapping[str, BackendSettings] | None = None,
+) -> Agent:
+    """The agent `name`.
+
+    LLM and CLI agents draw on `budget` when given; without one, on the cycle's budget
+    (`pricing.cycle_budget`, keyed by the worktree). Their settings come from `backends`
+    (agent name -> settings; a name there may also be a new one, e.g. a second Claude model),
+    else from the settings installed in this process (`backends.using_backends`, what the
+    Dagster resources do), else from the environment. A missing key, executable or price
+    is BadInput naming what to set.
+    """
     if ":" in name:
         return _from_import_path(name)
-    if name in LLM_AGENT_NAMES:
-        return _llm_builtin()[name](budget)
-    if name in CLI_AGENT_NAMES:
-        return _cli_builtin()[name]()
+    configs = active_backends() if backends is None else dict(backends)
+    config = configs.get(name)
+    if config is None and name in SETTINGS_BY_BACKEND:
+        config = SETTINGS_BY_BACKEND[name]()  # every field from the environment
+    if config is not None:
+        return config.build(name, budget)
     factories = _builtin()
     if name not in factories:
+        known = [*BUILTIN_AGENT_NAMES, *(n for n in configs if n not in BUILTIN_AGENT_NAMES)]
         raise BadInput(
             f"unknown agent {name!r}",
-            f"use one of {', '.join(BUILTIN_AGENT_NAMES)}, or an import path "
-            "'package.module:Class'",
+            f"use one of {', '.join(known)}, or an import path 'package.module:Class'",
         )
     return factories[name]()
 
 
-def build_panel(names: Iterable[str], budget: Budget | None = None) -> list[Agent]:
-    names = list(names)
-    if not names:
-        raise BadInput("the agent panel is empty", "name at least one agent in `agents`")
+def _expand(names: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        out += list(OFFLINE_AGENT_NAMES) if name == "offline" else [name]
+    return out
+
+
+def agents_from_env() -> list[str] | None:
+    """The panel `$NOMIC_AGENTS` names (comma-separated; `offline` = the three offline
+    agents), None when it is unset. Names must be built-in, installed backends or import
+    paths; anything else is BadInput naming the variable."""
+    raw = os.environ.get(AGENTS_ENV, "").strip()
+    if not raw:
+        return None
+    names = _expand(n.strip() for n in raw.split(","))
+    known = set(BUILTIN_AGENT_NAMES) | set(active_backends())
+    bad = [n for n in names if not n or (":" not in n and n not in known)]
+    if bad:
+        raise BadInput(
+            f"{AGENTS_ENV}={raw!r} names unknown agents: {', '.join(repr(b) for b in bad)}",
+            f"set {AGENTS_ENV} to a comma-separated list of {', '.join(BUILTIN_AGENT_NAMES)}, "
+            "offline (the three offline agents) or 'package.module:Class', e.g. "
+            f"{AGENTS_ENV}=claude,offline; or unset it",
+        )
+    return names
+
+
+def panel_names(names: Iterable[str]) -> list[str]:
+    """The panel for `names` as the settings give them: those names (`offline` expanded)
+    when there are any — run config wins — else `$NOMIC_AGENTS`, else the offline agents."""
+    given = _expand(names)
+    if given:
+        return given
+    return agents_from_env() or list(OFFLINE_AGENT_NAMES)
+
+
+def build_panel(
+    names: Iterable[str],
+    budget: Budget | None = None,
+    backends: Mapping[str, BackendSettings] | None = None,
+) -> list[Agent]:
+    """The agents `names` (resolved by `panel_names`: empty means $NOMIC_AGENTS or the
+    offline default), each built by `build_agent` with the same budget and backends."""
+    names = panel_names(names)
     if len(set(names)) != len(names):
         raise BadInput(f"agent names repeat in {names}", "name each agent once")
-    agents = [build_agent(n, budget) for n in names]
+    agents = [build_agent(n, budget, backends) for n in names]
     seen = [a.name for a in agents]
     if len(set(seen)) != len(seen):
         raise BadInput(f"two agents share a name in {seen}", "give each agent a distinct name")
     return agents
 
 
+def agent_for_role(
+    role: str,
+    name: str,
+    panel: list[Agent],
+    budget: Budget | None = None,
+    backends: Mapping[str, BackendSettings] | None = None,
+) -> Agent:
+    """The agent named `name` for `role` (designer, implementer): the panel's member of that
+    name, else built like any agent (so a CLI agent such as `codex` may implement without
+    debating). A name that cannot be built is BadInput naming the role's setting."""
+    found = next((a for a in panel if a.name == name), None)
+    if found is not None:
+        return found
+    try:
+        return build_agent(name, budget, backends)
+    except BadInput as exc:
+        raise BadInput(f"{role} {name!r}: {exc.problem}", exc.fix) from exc
+
+
 __all__ = [
+    "AGENTS_ENV",
     "BUILTIN_AGENT_NAMES",
     "CLI_AGENT_NAMES",
     "LLM_AGENT_NAMES",
     "OFFLINE_AGENT_NAMES",
     "Agent",
     "WorkArea",
+    "agent_for_role",
+    "agents_from_env",
     "build_agent",
     "build_panel",
+    "panel_names",
 ]

@@ -5,30 +5,33 @@ protocol step, their input schemas generated from our pydantic models) and force
 the step needs with `tool_choice`. Keeping the tool list identical across steps keeps the
 cached prefix identical too: the prompt cache covers tools + system up to the shared
 context block, which carries `cache_control: {"type": "ephemeral"}`, so every call after
-the first in a cycle re-reads the repository context at the cache-read price.
+the first in a cycle re-reads the repository context at the cache-read price. The response
+tools are every structured step's (`RESPONSE_MODELS`: propose, critique, vote, revise,
+design, implement, ...), whichever the call needs. `NOMIC_PROMPT_CACHE=0` leaves the marker
+out, to measure what caching saves (benchmarks/debate.py).
 
-Configuration (environment, until the Dagster resources take over): `ANTHROPIC_API_KEY`
-(required), `ANTHROPIC_BASE_URL`, `NOMIC_CLAUDE_MODEL`, `NOMIC_LLM_MAX_TOKENS`,
-`NOMIC_LLM_MAX_RETRIES`, `NOMIC_LLM_TIMEOUT_S`, `NOMIC_LLM_MAX_RETRY_WAIT_S`,
-`NOMIC_BUDGET_USD`, `NOMIC_PRICES`.
+Configuration: `AnthropicSettings` (`agents/backends.py`; the Dagster `claude` resource fills
+it in), whose unset fields come from `ANTHROPIC_API_KEY` (required), `ANTHROPIC_BASE_URL`,
+`NOMIC_CLAUDE_MODEL`, `NOMIC_LLM_MAX_TOKENS`, `NOMIC_LLM_MAX_RETRIES`, `NOMIC_LLM_TIMEOUT_S`,
+`NOMIC_LLM_MAX_RETRY_WAIT_S`; and `NOMIC_BUDGET_USD`, `NOMIC_PRICES`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import anthropic
 from anthropic.types import Message
 from pydantic import BaseModel
 
+from nomic_dagster.agents.backends import ANTHROPIC_BASE_URL_ENV as BASE_URL_ENV
+from nomic_dagster.agents.backends import ANTHROPIC_KEY_ENV as KEY_ENV
+from nomic_dagster.agents.backends import CLAUDE_CONTEXT_WINDOW_TOKENS as CONTEXT_WINDOW_TOKENS
+from nomic_dagster.agents.backends import AnthropicSettings
 from nomic_dagster.agents.llm import (
-    DEFAULT_MAX_TOKENS,
-    MAX_RETRIES_ENV,
-    MAX_RETRY_WAIT_ENV,
-    MAX_TOKENS_ENV,
     RESPONSE_MODELS,
-    TIMEOUT_ENV,
     BackendError,
     LLMAgent,
     StructuredOutputError,
@@ -36,8 +39,6 @@ from nomic_dagster.agents.llm import (
     Turn,
     capped_retry_after,
     describe_api_error,
-    env_number,
-    env_text,
     extract_json,
     json_schema,
     tool_name,
@@ -46,13 +47,22 @@ from nomic_dagster.agents.llm import (
 from nomic_dagster.errors import BadInput
 from nomic_dagster.pricing import Budget, PriceTable, Usage, budget_from_env
 
-KEY_ENV = "ANTHROPIC_API_KEY"
-BASE_URL_ENV = "ANTHROPIC_BASE_URL"
-MODEL_ENV = "NOMIC_CLAUDE_MODEL"
-DEFAULT_MODEL = "claude-sonnet-4-6"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-CONTEXT_WINDOW_TOKENS = 200_000
 CACHE = {"type": "ephemeral"}
+PROMPT_CACHE_ENV = "NOMIC_PROMPT_CACHE"
+
+
+def prompt_cache_from_env() -> bool:
+    """Whether to mark the shared context cacheable: $NOMIC_PROMPT_CACHE, default on."""
+    raw = os.environ.get(PROMPT_CACHE_ENV, "").strip().lower() or "1"
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise BadInput(
+        f"{PROMPT_CACHE_ENV}={raw!r} is neither on nor off",
+        f"set {PROMPT_CACHE_ENV} to 1 (cache the shared context, the default) or 0",
+    )
 
 
 def _tools() -> list[dict[str, Any]]:
@@ -75,8 +85,11 @@ class AnthropicBackend:
         timeout_s: float = 120.0,
         max_retry_wait_s: float = 60.0,
         context_window_tokens: int | None = CONTEXT_WINDOW_TOKENS,
+        prompt_cache: bool | None = None,
     ) -> None:
         self.model = model
+        # False: no cache_control marker on any block. None: $NOMIC_PROMPT_CACHE decides.
+        self.prompt_cache = prompt_cache_from_env() if prompt_cache is None else prompt_cache
         self.base_url = base_url or DEFAULT_BASE_URL
         self.context_window_tokens = context_window_tokens
         self._api_key = api_key
@@ -108,7 +121,11 @@ class AnthropicBackend:
             "model": self.model,
             "max_tokens": max_tokens,
             "system": [
-                {"type": "text", "text": b.text, **({"cache_control": CACHE} if b.cache else {})}
+                {
+                    "type": "text",
+                    "text": b.text,
+                    **({"cache_control": CACHE} if b.cache and self.prompt_cache else {}),
+                }
                 for b in system
             ],
             "messages": [{"role": t.role, "content": t.text} for t in messages],
@@ -193,29 +210,39 @@ class AnthropicAgent(LLMAgent):
 
     @classmethod
     def from_env(cls, name: str = "claude", *, budget: Budget | None = None) -> AnthropicAgent:
-        key = env_text(KEY_ENV)
+        return cls.from_settings(name, AnthropicSettings(), budget=budget)
+
+    @classmethod
+    def from_settings(
+        cls, name: str, settings: AnthropicSettings, *, budget: Budget | None = None
+    ) -> AnthropicAgent:
+        """The agent from `settings` (None fields from the environment, as `from_env`)."""
+        s = settings.resolved()
+        key = s.key()
         if not key:
             raise BadInput(
                 f"agent {name!r} needs an Anthropic API key and {KEY_ENV} is not set",
-                f"export {KEY_ENV}=... (and {BASE_URL_ENV} for a proxy or gateway), "
+                f"export {KEY_ENV}=... (and {BASE_URL_ENV} for a proxy or gateway), set the "
+                "`claude` resource's api_key (e.g. {env: ANTHROPIC_API_KEY}), "
                 "or leave this agent out of the panel",
             )
-        model = env_text(MODEL_ENV, DEFAULT_MODEL) or DEFAULT_MODEL
-        base_url = env_text(BASE_URL_ENV)
-        price = PriceTable().price(model, base_url=base_url)
+        assert s.model and s.max_tokens is not None and s.timeout_s is not None
+        assert s.max_retries is not None and s.max_retry_wait_s is not None
+        price = PriceTable().price(s.model, base_url=s.base_url)
         backend = AnthropicBackend(
-            model=model,
+            model=s.model,
             api_key=key,
-            base_url=base_url,
-            max_retries=env_number(MAX_RETRIES_ENV, 3, minimum=0, integer=True),
-            timeout_s=env_number(TIMEOUT_ENV, 120, minimum=1),
-            max_retry_wait_s=env_number(MAX_RETRY_WAIT_ENV, 60, minimum=0),
+            base_url=s.base_url,
+            max_retries=s.max_retries,
+            timeout_s=s.timeout_s,
+            max_retry_wait_s=s.max_retry_wait_s,
+            context_window_tokens=s.context_window_tokens,
         )
         return cls(
             name,
             backend,
             price,
-            max_tokens=env_number(MAX_TOKENS_ENV, DEFAULT_MAX_TOKENS, minimum=64, integer=True),
+            max_tokens=s.max_tokens,
             budget=budget,
             budget_limit_usd=budget_from_env(),
         )

@@ -1,9 +1,15 @@
 """The one agent protocol every backend implements (offline tools, LLM APIs, CLI agents).
 
-A cycle asks each agent, in order: propose -> critique the others -> vote (once before
-the critiques, once after) -> the winner designs -> the winner implements in the
-worktree. Agents never commit and are never trusted: the verify phase checks the final
-diff whatever an agent says about it.
+A cycle asks each agent, in order: propose -> vote (the vote-only ballot) -> rounds of
+critique the others / revise its own proposal / vote -> the winner (or the `designer`)
+designs -> the `implementer` (default: the designer) implements in the worktree. Agents
+never commit and are never trusted: the verify phase checks the final diff whatever an
+agent says about it.
+
+Two optional extensions are detected at run time, so agents written against the five
+methods below keep working: `revise(proposal, critiques, context, goal) -> Proposal | None`
+(a proposer answering the critiques of its proposal), and an `earlier_critiques` keyword
+of `critique` (the critiques of earlier rounds, for agents that can read them).
 """
 
 from __future__ import annotations

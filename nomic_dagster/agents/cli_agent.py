@@ -10,33 +10,57 @@ from the design. Another agent can hand its winning design to a CLI agent by cal
 gates judge the final diff whatever the CLI reports.
 
 The executable is found on PATH (`claude`, `codex`) or given by `$NOMIC_CLAUDE_CODE_BIN` /
-`$NOMIC_CODEX_BIN`; a missing one is BadInput when the panel is built. Subprocesses get
-`tools.tool_env` (which withholds every secret) plus only this agent's own API key. The
-cost the CLI reports (`total_cost_usd` for claude, token usage events for codex) is
-recorded as an `LLMCall` in `agent.usage` and in the cycle's budget.
+`$NOMIC_CODEX_BIN` (or the settings' `binary`: `ClaudeCodeSettings` / `CodexSettings` in
+`agents/backends.py`, filled in by the Dagster resources); a missing one is BadInput when
+the panel is built. Subprocesses get `tools.tool_env` (which withholds every secret) plus
+only this agent's own API key. The cost the CLI reports (`total_cost_usd` for claude, token
+usage events for codex) is recorded as an `LLMCall` in `agent.usage` and in the budget.
+
+Budget: the agent draws on the budget it was built with (the phase's budget), else on the
+cycle's (`cycle_budget`, keyed by the worktree). When that budget has a limit, `claude -p`
+gets `--max-budget-usd <what is left>` (print mode's own spend cap); that amount is
+reserved before the run and settled with the reported `total_cost_usd` after. `codex exec`
+has no such flag: a spent budget refuses the run before it starts, and what it reports is
+counted after (tokens only: codex reports no USD), so one codex run can cross the limit.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from nomic_dagster.agents.backends import (
+    CLI_TIMEOUT_ENV,
+    DEFAULT_CLI_TIMEOUT_S,
+    ClaudeCodeSettings,
+    CodexSettings,
+)
 from nomic_dagster.agents.base import WorkArea
 from nomic_dagster.agents.llm import env_number, redact
 from nomic_dagster.agents.offline import Criterion, OfflineAgent
-from nomic_dagster.errors import BadInput, ImplementationFailed
-from nomic_dagster.pricing import LLMCall, Usage, budget_from_env, cycle_budget
+from nomic_dagster.errors import ImplementationFailed
+from nomic_dagster.pricing import (
+    Budget,
+    BudgetExhausted,
+    LLMCall,
+    Usage,
+    budget_from_env,
+    cycle_budget,
+)
 from nomic_dagster.records import Design, Goal, Proposal, RepoContext
 from nomic_dagster.tools import CommandResult, run_command
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_ENV = "NOMIC_CLI_AGENT_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 1200.0
+if TYPE_CHECKING:
+    from nomic_dagster.agents.backends import _CLISettings
+
+TIMEOUT_ENV = CLI_TIMEOUT_ENV
+DEFAULT_TIMEOUT_S = DEFAULT_CLI_TIMEOUT_S
 
 
 def cli_timeout_s() -> float:
@@ -81,25 +105,35 @@ class CLIAgent(OfflineAgent):
     bin_env: ClassVar[str]  # overrides the executable
     key_envs: ClassVar[tuple[str, ...]]  # the agent's own credentials, passed to its process
     install_hint: ClassVar[str]
+    settings_class: ClassVar[type[_CLISettings]]
+    caps_spend: ClassVar[bool] = False  # the CLI takes a USD cap of its own (argv max_budget_usd)
 
-    def __init__(self, binary: str | None = None, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        timeout_s: float | None = None,
+        *,
+        budget: Budget | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self.binary = binary or self.find_binary()
         self.timeout_s = timeout_s if timeout_s is not None else cli_timeout_s()
+        self.budget = budget
+        self._api_key = api_key or None
         self.usage: list[LLMCall] = []
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}(name={self.name!r}, binary={self.binary!r})"
 
     @classmethod
+    def from_settings(cls, settings: _CLISettings, *, budget: Budget | None = None) -> CLIAgent:
+        s = settings.resolved()
+        return cls(s.binary, s.timeout_s, budget=budget, api_key=s.key())
+
+    @classmethod
     def find_binary(cls) -> str:
-        wanted = os.environ.get(cls.bin_env, "").strip() or cls.executable
-        found = shutil.which(wanted)
-        if found is None:
-            raise BadInput(
-                f"agent {cls.name!r} needs the {wanted!r} executable, which was not found"
-                + ("" if os.environ.get(cls.bin_env) else " on PATH"),
-                f"{cls.install_hint}, or set {cls.bin_env} to the executable's path",
-            )
+        found = cls.settings_class().resolved().binary
+        assert found is not None
         return found
 
     @property
@@ -120,38 +154,63 @@ class CLIAgent(OfflineAgent):
     # ------------------------------------------------------------ implement
 
     @classmethod
-    def argv(cls, binary: str, prompt: str, worktree: Path) -> list[str]:
+    def argv(
+        cls, binary: str, prompt: str, worktree: Path, max_budget_usd: float | None = None
+    ) -> list[str]:
+        """The command line; `max_budget_usd` only for CLIs that cap their own spend."""
         raise NotImplementedError
 
     @classmethod
     def parse(cls, stdout: str) -> CLIResult:
         raise NotImplementedError
 
+    def _keys(self) -> dict[str, str]:
+        """The credentials its process gets: the configured key, else its own variables."""
+        if self._api_key:
+            return {self.key_envs[0]: self._api_key}
+        return {k: os.environ[k] for k in self.key_envs if os.environ.get(k)}
+
     def _secrets(self) -> list[str]:
-        return [os.environ[k] for k in self.key_envs if os.environ.get(k)]
+        return list(self._keys().values())
+
+    def _spend_cap(self, budget: Budget, what: str) -> float:
+        """What this run may spend: all that is left of a limited budget, for a CLI that caps
+        its own spend; 0 otherwise (the reservation then only refuses a spent budget)."""
+        left = budget.remaining_usd
+        if left is None or not self.caps_spend:
+            return 0.0
+        cap = math.floor(left * 10_000) / 10_000  # rounded down: the cap must not exceed it
+        if cap <= 0:
+            raise BudgetExhausted(budget.limit_usd or 0.0, budget.spent_usd, 0.0001, what)
+        return cap
 
     def implement(self, design: Design, area: WorkArea) -> str:
         prompt = build_prompt(design, list(area.settings.protected_paths))
-        keys = {k: os.environ[k] for k in self.key_envs if os.environ.get(k)}
-        budget = cycle_budget(area.context.root, budget_from_env())
-        reservation = budget.reserve(0.0, f"{self.name} implement")  # refused once spent
+        budget = self.budget or cycle_budget(area.context.root, budget_from_env())
+        what = f"{self.name} implement"
+        cap = self._spend_cap(budget, what)
+        reservation = budget.reserve(cap, what)  # refused once spent
         call = LLMCall(
             agent=self.name,
             provider=self.provider,
             model=self.executable,
             step="implement",
             usage=Usage(),
+            worst_case_usd=cap,
         )
+        ran = False  # once the CLI ran, an unreported cost is charged at its cap
         try:
             try:
+                ran = True
                 res = run_command(
-                    self.argv(self.binary, prompt, area.worktree),
+                    self.argv(self.binary, prompt, area.worktree, cap or None),
                     area.worktree,
                     self.timeout_s,
                     scratch=area.scratch,
-                    env_extra=keys,
+                    env_extra=self._keys(),
                 )
             except OSError as exc:  # vanished or not executable since the panel was built
+                ran = False
                 raise self._failed(call, f"could not start {self.binary}: {exc}") from None
             if res.timed_out:
                 raise self._failed(
@@ -164,6 +223,8 @@ class CLIAgent(OfflineAgent):
             call.ok, call.error = False, str(exc)[:500]
             raise
         finally:
+            if ran and cap and call.usage == Usage():  # it ran, its cost unknown: the cap
+                call.usage = Usage(usd=cap)
             budget.settle(reservation, call.usage.usd)
             budget.record(call)
             self.usage.append(call)
@@ -208,14 +269,18 @@ class ClaudeCodeAgent(CLIAgent):
     executable: ClassVar[str] = "claude"
     bin_env: ClassVar[str] = "NOMIC_CLAUDE_CODE_BIN"
     key_envs: ClassVar[tuple[str, ...]] = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")
-    install_hint: ClassVar[str] = (
-        "install Claude Code (npm install -g @anthropic-ai/claude-code) and log in or set "
-        "ANTHROPIC_API_KEY"
-    )
+    install_hint: ClassVar[str] = ClaudeCodeSettings.install_hint
+    settings_class: ClassVar[type[_CLISettings]] = ClaudeCodeSettings
+    caps_spend: ClassVar[bool] = True
 
     @classmethod
-    def argv(cls, binary: str, prompt: str, worktree: Path) -> list[str]:
-        return [binary, "-p", prompt, "--output-format", "json", "--permission-mode", "acceptEdits"]
+    def argv(
+        cls, binary: str, prompt: str, worktree: Path, max_budget_usd: float | None = None
+    ) -> list[str]:
+        argv = [binary, "-p", prompt, "--output-format", "json", "--permission-mode", "acceptEdits"]
+        if max_budget_usd is not None:  # print mode's own spend cap (claude -p only)
+            argv += ["--max-budget-usd", f"{max_budget_usd:.4f}"]
+        return argv
 
     @classmethod
     def parse(cls, stdout: str) -> CLIResult:
@@ -257,12 +322,14 @@ class CodexAgent(CLIAgent):
     executable: ClassVar[str] = "codex"
     bin_env: ClassVar[str] = "NOMIC_CODEX_BIN"
     key_envs: ClassVar[tuple[str, ...]] = ("OPENAI_API_KEY", "CODEX_API_KEY")
-    install_hint: ClassVar[str] = (
-        "install the Codex CLI (npm install -g @openai/codex) and log in or set OPENAI_API_KEY"
-    )
+    install_hint: ClassVar[str] = CodexSettings.install_hint
+    settings_class: ClassVar[type[_CLISettings]] = CodexSettings
 
     @classmethod
-    def argv(cls, binary: str, prompt: str, worktree: Path) -> list[str]:
+    def argv(
+        cls, binary: str, prompt: str, worktree: Path, max_budget_usd: float | None = None
+    ) -> list[str]:
+        # `codex exec` has no spend cap: `max_budget_usd` is never given (caps_spend False).
         return [
             binary,
             "exec",

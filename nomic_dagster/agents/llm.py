@@ -1,6 +1,6 @@
 """The LLM agent: the one agent protocol over a small chat interface.
 
-`LLMAgent` turns every protocol step (propose, critique, vote, design, implement) into one
+`LLMAgent` turns every protocol step (propose, critique, vote, revise, design, implement) into one
 chat request to a `ChatBackend` (Anthropic, OpenAI, any OpenAI-compatible server) and
 validates the answer against a small pydantic response model. It is never trusted: ids
 are assigned here, paths are checked, votes must name a real proposal, and edits are
@@ -41,6 +41,7 @@ from nomic_dagster import pathrules
 from nomic_dagster.agents.base import WorkArea
 from nomic_dagster.edits import EditRejected, SearchReplace, apply_edits
 from nomic_dagster.errors import AgentError, BadInput, ImplementationFailed
+from nomic_dagster.goal_planning import CandidateGoal, GoalProposal, GoalVote
 from nomic_dagster.pricing import (
     Budget,
     BudgetExhausted,
@@ -50,7 +51,7 @@ from nomic_dagster.pricing import (
     cycle_budget,
     estimate_tokens,
 )
-from nomic_dagster.records import Critique, Design, Goal, Proposal, RepoContext, Vote
+from nomic_dagster.records import Critique, Design, Goal, Proposal, RepoContext, Track, Vote
 from nomic_dagster.settings import CycleSettings
 
 log = logging.getLogger("nomic_dagster.agents.llm")
@@ -277,6 +278,28 @@ class VoteOut(Response):
     reason: str
 
 
+class ReviseOut(Response):
+    """A proposer's answer to the critiques of its proposal: keep it, or revise it. Flat and
+    fully required (strict schemas); with `revise` false the proposal fields are ignored."""
+
+    tool_name = "submit_revision"
+    instruction = "Answer the critiques of your proposal: revise it, or keep it as it is."
+    revise: bool = Field(description="true: replace the proposal with the fields below")
+    answer: str = Field(description="how you answer the critiques: what you changed, or why not")
+    title: str = Field(description="one line")
+    description: str = Field(description="what changes and why it helps the goal")
+    files: list[str] = Field(description="repository-relative paths the change will touch")
+    evidence: list[str] = Field(description="facts from the context that support it")
+    benefit: float = Field(ge=0.0, le=1.0, description="0..1, expected benefit for the goal")
+    risk: float = Field(ge=0.0, le=1.0, description="0..1, risk of breaking something")
+    estimated_lines: int = Field(ge=0, description="changed lines, roughly")
+
+    @field_validator("files")
+    @classmethod
+    def _paths(cls, files: list[str]) -> list[str]:
+        return [_check_repo_path(f) for f in files]
+
+
 class DesignOut(Response):
     tool_name = "submit_design"
     instruction = "Design your winning proposal."
@@ -306,12 +329,62 @@ class EditsOut(Response):
     diff: str = Field(description="optionally a unified diff instead of (or besides) the edits")
 
 
+class PlannedGoalOut(BaseModel):
+    """One goal an agent proposes to the meta-planner (debate mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(description="the goal, one line, as a cycle's goal")
+    description: str = Field(description="why it matters now, from the signals and history")
+    track: Literal["sme", "developer", "self_hosted", "qa", "core", "security"]
+    kind: str = Field(description="kind of improvement: lint-fix, add-tests, fix-tests, ...")
+    files: list[str] = Field(description="repository-relative file hints (may be empty)")
+    expected_impact: Literal["high", "medium", "low"]
+    based_on: str = Field(description="the candidate id it refines, or an empty string")
+
+    @field_validator("files")
+    @classmethod
+    def _paths(cls, files: list[str]) -> list[str]:
+        return [_check_repo_path(f) for f in files]
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, kind: str) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", kind.strip().lower()).strip("-")
+        if not slug:
+            raise ValueError("kind must be a short slug such as add-tests")
+        return slug[:40]
+
+
+class GoalPlanOut(Response):
+    tool_name = "submit_goals"
+    instruction = "Propose goals for the next cycles, best first (at most 3; [] if none)."
+    goals: list[PlannedGoalOut] = Field(max_length=3)
+
+
+class GoalVoteOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    goal_id: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    reason: str
+
+
+class GoalBallotOut(Response):
+    tool_name = "submit_goal_votes"
+    instruction = "Vote for the goals the next cycles should work on, by their ids."
+    votes: list[GoalVoteOut] = Field(max_length=10)
+
+
 RESPONSE_MODELS: tuple[type[Response], ...] = (
     ProposalsOut,
     CritiqueOut,
     VoteOut,
     DesignOut,
     EditsOut,
+    ReviseOut,
+    GoalPlanOut,
+    GoalBallotOut,
 )
 
 
@@ -501,6 +574,15 @@ def render_context(context: RepoContext, goal: Goal, budget_chars: int) -> str:
 def _proposal_text(p: Proposal) -> str:
     data = p.model_dump(exclude={"agent"})
     return json.dumps(data, indent=1)
+
+
+def _critiques_text(critiques: Sequence[Critique]) -> str:
+    """One line per critique, labelled with its debate round and the revision it judged."""
+    return "\n".join(
+        f"- round {c.round}, {c.critic} on {c.proposal_id} (revision {c.revision}): {c.stance}, "
+        f"score {c.score:.2f} ({c.criterion}): {c.comment}"
+        for c in critiques
+    )
 
 
 def _file_blocks(root: Path, paths: Sequence[str], budget_chars: int) -> str:
@@ -756,10 +838,23 @@ class LLMAgent:
             for n, p in enumerate(answer.proposals, start=1)
         ]
 
-    def critique(self, proposal: Proposal, context: RepoContext, goal: Goal) -> Critique:
+    def critique(
+        self,
+        proposal: Proposal,
+        context: RepoContext,
+        goal: Goal,
+        earlier_critiques: Sequence[Critique] = (),
+    ) -> Critique:
+        """`earlier_critiques`: the earlier debate rounds' critiques of this proposal."""
+        earlier = (
+            f"\n\nThe earlier rounds' critiques of it:\n{_critiques_text(earlier_critiques)}\n"
+            "Say whether the current revision answers them."
+            if earlier_critiques
+            else ""
+        )
         task = (
             f"Step: critique. Another agent ({proposal.agent}) proposes:\n"
-            f"{_proposal_text(proposal)}\n\nJudge it against the goal and the repository "
+            f"{_proposal_text(proposal)}{earlier}\n\nJudge it against the goal and the repository "
             "facts: is it real, valuable, safe, small enough, and will the tests verify it? "
             "Score 0..1 (higher is better for the proposal)."
         )
@@ -785,11 +880,7 @@ class LLMAgent:
             raise ValueError("nothing to vote on")
         ids = [p.id for p in proposals]
         ballot = "\n\n".join(_proposal_text(p) for p in proposals)
-        reviews = "\n".join(
-            f"- {c.critic} on {c.proposal_id}: {c.stance}, score {c.score:.2f} "
-            f"({c.criterion}): {c.comment}"
-            for c in critiques
-        )
+        reviews = _critiques_text(critiques)
         task = (
             f"Step: vote{' after the critiques' if critiques else ' (before any critique)'}. "
             f"The proposals:\n{ballot}\n\n"
@@ -814,6 +905,46 @@ class LLMAgent:
             confidence=answer.confidence,
             round=1 if critiques else 0,
             reason=answer.reason[:1000],
+        )
+
+    def revise(
+        self, proposal: Proposal, critiques: list[Critique], context: RepoContext, goal: Goal
+    ) -> Proposal | None:
+        """This agent's proposal, revised in light of this round's critiques of it; None to
+        keep it. When every critique supports it there is nothing to answer: no call."""
+        if not critiques or all(c.stance == "support" for c in critiques):
+            return None
+        task = (
+            f"Step: revise. Your proposal:\n{_proposal_text(proposal)}\n\n"
+            f"The panel's critiques of it:\n{_critiques_text(critiques)}\n\n"
+            "If a critique shows a real problem you can fix (a missing test, too many files, "
+            "a risky step, an overstated benefit), revise the proposal: set `revise` to true "
+            "and give the complete revised proposal (the same kind of change; at most "
+            f"{context.max_files} files). Otherwise set `revise` to false and repeat the "
+            "current values. Either way, say in `answer` how you answer the critiques."
+        )
+        system = self._system(context, goal, len(task))
+
+        def complete(answer: ReviseOut) -> None:
+            if answer.revise and not answer.files:
+                raise ValueError("a revised proposal must name at least one file")
+
+        answer, _ = self._ask(
+            "revise", context.root, system, [Turn("user", task)], ReviseOut, check=complete
+        )
+        if not answer.revise:
+            return None
+        return proposal.model_copy(
+            update={
+                "title": answer.title[:200] or proposal.title,
+                "description": answer.description[:4000] or proposal.description,
+                "files": answer.files,
+                "evidence": [e[:500] for e in answer.evidence[:10]],
+                "benefit": answer.benefit,
+                "risk": answer.risk,
+                "estimated_lines": answer.estimated_lines,
+                "revision_note": answer.answer[:2000],
+            }
         )
 
     def design(self, proposal: Proposal, context: RepoContext, settings: CycleSettings) -> Design:
@@ -881,6 +1012,106 @@ class LLMAgent:
         summary = answer.summary.strip().splitlines()[0] if answer.summary.strip() else ""
         return redact(f"{summary or design.title} ({applied.summary()})"[:500], self._secrets())
 
+    # ------------------------------------------------------------ the planner (debate mode)
+
+    def _planner_system(self, objective: str, context: str) -> list[SystemBlock]:
+        role = PLANNER_ROLE.format(name=self.name)
+        budget = self.context_chars or DEFAULT_CONTEXT_CHARS
+        fit = self._prompt_chars()
+        if fit is not None:
+            budget = min(budget, fit - len(role) - 4_000)
+        text = f"# Objective\n{objective or '(none: self-directed improvement)'}\n\n{context}"
+        return [SystemBlock(role), SystemBlock(text[: max(500, budget)], cache=True)]
+
+    def plan(
+        self, candidates: list[CandidateGoal], objective: str, context: str
+    ) -> list[GoalProposal]:
+        """Goals this agent adds to the planner's ballot (the scan's candidates are shown)."""
+        ballot = "\n".join(_candidate_line(c) for c in candidates) or "(none)"
+        ids = {c.id for c in candidates}
+        task = (
+            f"Step: plan. The scan found these candidate goals:\n{ballot}\n\n"
+            "Propose up to 3 goals the next cycles should work on that the list misses or "
+            "states too vaguely: concrete, small enough for one verified change each, on the "
+            "objective. Set `based_on` to the candidate id a goal refines (else empty)."
+        )
+
+        def known(answer: GoalPlanOut) -> None:
+            bad = [g.based_on for g in answer.goals if g.based_on and g.based_on not in ids]
+            if bad:
+                raise ValueError(f"based_on {bad} is not a candidate id ({', '.join(sorted(ids))})")
+
+        system = self._planner_system(objective, context)
+        answer, _ = self._ask(
+            "plan", "planner", system, [Turn("user", task)], GoalPlanOut, check=known
+        )
+        return [
+            GoalProposal(
+                agent=self.name,
+                title=g.title.strip()[:300],
+                description=g.description.strip()[:2000],
+                track=Track(g.track),
+                kind=g.kind,
+                file_hints=g.files[:10],
+                expected_impact=g.expected_impact,
+                based_on=g.based_on,
+            )
+            for g in answer.goals
+            if g.title.strip()
+        ]
+
+    def vote_goals(
+        self, candidates: list[CandidateGoal], objective: str, context: str
+    ) -> list[GoalVote]:
+        """This agent's confidence in the goals on the ballot (unknown ids are repaired once)."""
+        if not candidates:
+            return []
+        ballot = "\n".join(_candidate_line(c) for c in candidates)
+        ids = [c.id for c in candidates]
+        task = (
+            f"Step: vote on goals. The ballot:\n{ballot}\n\n"
+            "Vote for the goals the next cycles should work on: each vote names a goal id "
+            "and your confidence (0..1) that a cycle on it lands a verified, valuable change "
+            f"on the objective. Vote for at most 5; ids must be among: {', '.join(ids)}."
+        )
+
+        def known(answer: GoalBallotOut) -> None:
+            bad = [v.goal_id for v in answer.votes if v.goal_id not in ids]
+            if bad:
+                raise ValueError(f"goal_id {bad} is not on the ballot ({', '.join(ids)})")
+
+        system = self._planner_system(objective, context)
+        answer, _ = self._ask(
+            "vote-goals", "planner", system, [Turn("user", task)], GoalBallotOut, check=known
+        )
+        best: dict[str, GoalVote] = {}
+        for v in answer.votes:  # one vote per goal: a repeated id keeps its highest confidence
+            if v.goal_id not in best or v.confidence > best[v.goal_id].confidence:
+                best[v.goal_id] = GoalVote(
+                    voter=self.name,
+                    goal_id=v.goal_id,
+                    confidence=v.confidence,
+                    reason=v.reason[:500],
+                )
+        return list(best.values())
+
+
+PLANNER_ROLE = """\
+You are {name}, one member of a panel that decides what an autonomous improvement loop \
+works on next. Each goal becomes one cycle: the panel proposes, implements and verifies \
+one small change, and only changes the repository's tests accept are committed. Use the \
+signals and the history of earlier cycles: a kind of improvement that keeps failing is \
+a poor bet, one that keeps landing a good one. Stay on the stated objective. Answer only \
+through the requested structured output."""
+
+
+def _candidate_line(c: CandidateGoal) -> str:
+    files = f" files: {', '.join(c.file_hints[:5])}" if c.file_hints else ""
+    return (
+        f"- {c.id} [{c.track.value}, {c.kind}, from {c.source}, scan score {c.scan_score:.2f}] "
+        f"{c.goal}.{files} {c.rationale}"[:700]
+    )
+
 
 __all__ = [
     "RESPONSE_MODELS",
@@ -890,9 +1121,12 @@ __all__ = [
     "CritiqueOut",
     "DesignOut",
     "EditsOut",
+    "GoalBallotOut",
+    "GoalPlanOut",
     "LLMAgent",
     "ProposalOut",
     "ProposalsOut",
+    "ReviseOut",
     "StructuredOutputError",
     "SystemBlock",
     "Turn",

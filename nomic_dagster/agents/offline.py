@@ -3,8 +3,10 @@
 Each offline agent is a real tool (ruff, a test generator, a dead-code analyser). What
 they share is how they take part in a debate: every agent judges proposals by its own
 criterion (benefit, risk or size), votes once by that criterion alone (the vote-only
-round) and once after reading every critique. All of it is arithmetic over the evidence
-in the proposals, so a debate is deterministic for the same repository.
+round) and again after every critique round, weighing the critiques it has read. All of it
+is arithmetic over the evidence in the proposals, so a debate is deterministic for the same
+repository. They never revise a proposal (no `revise` method): a tool's proposal is what
+the tool found, and critiques cannot change that; only their votes move.
 """
 
 from __future__ import annotations

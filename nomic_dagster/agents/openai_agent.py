@@ -12,7 +12,9 @@ the prompt silently): the prompt is fit to `context_window_tokens` (default 8192
 `openai-compatible`, ~4 characters per token) next to `max_tokens`, which is itself held
 to half the window.
 
-Configuration (environment): `OPENAI_API_KEY` (may be unset when `OPENAI_BASE_URL` names a
+Configuration: `OpenAISettings` / `OpenAICompatibleSettings` (`agents/backends.py`; the
+Dagster `gpt` and `openai_compatible` resources fill them in), whose unset fields come from
+the environment: `OPENAI_API_KEY` (may be unset when `OPENAI_BASE_URL` names a
 server that needs no key; a placeholder is sent), `OPENAI_BASE_URL`, `NOMIC_GPT_MODEL`
 (`gpt`), `NOMIC_OPENAI_MODEL` (`openai-compatible`, required), `NOMIC_OPENAI_BASE_URL` and
 `NOMIC_OPENAI_API_KEY` (`openai-compatible` only, so that `gpt` and a local model can sit
@@ -25,18 +27,22 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
+from nomic_dagster.agents.backends import (
+    COMPATIBLE_BASE_URL_ENV,
+    COMPATIBLE_MODEL_ENV,
+    OpenAICompatibleSettings,
+    OpenAISettings,
+    Structured,
+)
+from nomic_dagster.agents.backends import OPENAI_BASE_URL_ENV as BASE_URL_ENV
+from nomic_dagster.agents.backends import OPENAI_KEY_ENV as KEY_ENV
 from nomic_dagster.agents.llm import (
-    DEFAULT_MAX_TOKENS,
-    MAX_RETRIES_ENV,
-    MAX_RETRY_WAIT_ENV,
-    MAX_TOKENS_ENV,
-    TIMEOUT_ENV,
     BackendError,
     LLMAgent,
     StructuredOutputError,
@@ -44,8 +50,6 @@ from nomic_dagster.agents.llm import (
     Turn,
     capped_retry_after,
     describe_api_error,
-    env_number,
-    env_text,
     extract_json,
     json_schema,
     redact,
@@ -57,21 +61,8 @@ from nomic_dagster.pricing import Budget, PriceTable, Usage, budget_from_env
 
 log = logging.getLogger("nomic_dagster.agents.openai")
 
-KEY_ENV = "OPENAI_API_KEY"
-BASE_URL_ENV = "OPENAI_BASE_URL"
-# For `openai-compatible` only, so that one panel can hold GPT and a local model:
-COMPATIBLE_BASE_URL_ENV = "NOMIC_OPENAI_BASE_URL"
-COMPATIBLE_KEY_ENV = "NOMIC_OPENAI_API_KEY"
-GPT_MODEL_ENV = "NOMIC_GPT_MODEL"
-COMPATIBLE_MODEL_ENV = "NOMIC_OPENAI_MODEL"
-CONTEXT_ENV = "NOMIC_OPENAI_CONTEXT_TOKENS"
-STRUCTURED_ENV = "NOMIC_OPENAI_STRUCTURED"
-DEFAULT_GPT_MODEL = "gpt-4.1"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_LOCAL_CONTEXT_TOKENS = 8192
 PLACEHOLDER_KEY = "not-needed"  # what a keyless local server receives
-
-Structured = Literal["json_schema", "json_object", "text"]
 
 
 class OpenAIBackend:
@@ -231,16 +222,6 @@ def _usage(response: ChatCompletion) -> Usage | None:
     )
 
 
-def _structured_from_env() -> Structured:
-    raw = env_text(STRUCTURED_ENV, "json_schema") or "json_schema"
-    if raw not in get_args(Structured):
-        raise BadInput(
-            f"{STRUCTURED_ENV}={raw!r} is not a structured-output mode",
-            f"use one of {', '.join(get_args(Structured))}",
-        )
-    return raw  # type: ignore[return-value]
-
-
 class OpenAIAgent(LLMAgent):
     """The protocol over GPT or an OpenAI-compatible server."""
 
@@ -252,58 +233,61 @@ class OpenAIAgent(LLMAgent):
         compatible: bool = False,
         budget: Budget | None = None,
     ) -> OpenAIAgent:
-        base_url = env_text(BASE_URL_ENV)
-        key = env_text(KEY_ENV)
-        if compatible:
-            own_url = env_text(COMPATIBLE_BASE_URL_ENV)
-            if own_url:
-                # Its own server: OpenAI's key is never sent there, only its own (if any).
-                base_url, key = own_url, env_text(COMPATIBLE_KEY_ENV)
-            else:
-                key = env_text(COMPATIBLE_KEY_ENV) or key
-            if not base_url:
+        settings = OpenAICompatibleSettings() if compatible else OpenAISettings()
+        return cls.from_settings(name, settings, budget=budget)
+
+    @classmethod
+    def from_settings(
+        cls,
+        name: str,
+        settings: OpenAISettings | OpenAICompatibleSettings,
+        *,
+        budget: Budget | None = None,
+    ) -> OpenAIAgent:
+        """The agent from `settings` (None fields from the environment, as `from_env`)."""
+        s = settings.resolved()
+        key = s.key()
+        max_tokens_param: Literal["max_tokens", "max_completion_tokens"]
+        if isinstance(s, OpenAICompatibleSettings):
+            if not s.base_url:
                 raise BadInput(
                     f"agent {name!r} needs the URL of an OpenAI-compatible server and "
                     f"{BASE_URL_ENV} is not set",
                     f"export {BASE_URL_ENV}=http://127.0.0.1:11434/v1 (Ollama; vLLM and LM "
                     f"Studio serve /v1 too), or {COMPATIBLE_BASE_URL_ENV} to keep "
-                    f"{BASE_URL_ENV} for the `gpt` agent",
+                    f"{BASE_URL_ENV} for the `gpt` agent, or set the `openai_compatible` "
+                    "resource's base_url",
                 )
-            model = env_text(COMPATIBLE_MODEL_ENV)
-            if not model:
+            if not s.model:
                 raise BadInput(
                     f"agent {name!r} needs a model name and {COMPATIBLE_MODEL_ENV} is not set",
                     f"export {COMPATIBLE_MODEL_ENV}=<the model your server serves, e.g. "
-                    "qwen2.5-coder:14b>",
+                    "qwen2.5-coder:14b>, or set the `openai_compatible` resource's model",
                 )
-            window: int | None = env_number(
-                CONTEXT_ENV, DEFAULT_LOCAL_CONTEXT_TOKENS, minimum=1024, integer=True
-            )
-            structured = _structured_from_env()
-            max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+            structured: Structured = s.structured or "json_schema"
+            max_tokens_param = "max_tokens"
         else:
-            if not key and not base_url:
+            if not key and not s.base_url:
                 raise BadInput(
                     f"agent {name!r} needs an OpenAI API key and {KEY_ENV} is not set",
                     f"export {KEY_ENV}=... (or {BASE_URL_ENV} for a server that needs no key), "
+                    "set the `gpt` resource's api_key (e.g. {env: OPENAI_API_KEY}), "
                     "or leave this agent out of the panel",
                 )
-            model = env_text(GPT_MODEL_ENV, DEFAULT_GPT_MODEL) or DEFAULT_GPT_MODEL
-            raw_window = env_text(CONTEXT_ENV)
-            window = env_number(CONTEXT_ENV, 0, minimum=1024, integer=True) if raw_window else None
             structured = "json_schema"
             max_tokens_param = "max_completion_tokens"
-        price = PriceTable().price(model, base_url=base_url)
-        max_tokens = env_number(MAX_TOKENS_ENV, DEFAULT_MAX_TOKENS, minimum=64, integer=True)
-        if window is not None:
-            max_tokens = min(max_tokens, window // 2)
+        assert s.model and s.max_tokens is not None and s.timeout_s is not None
+        assert s.max_retries is not None and s.max_retry_wait_s is not None
+        window = s.context_window_tokens
+        price = PriceTable().price(s.model, base_url=s.base_url)
+        max_tokens = s.max_tokens if window is None else min(s.max_tokens, window // 2)
         backend = OpenAIBackend(
-            model=model,
+            model=s.model,
             api_key=key,
-            base_url=base_url,
-            max_retries=env_number(MAX_RETRIES_ENV, 3, minimum=0, integer=True),
-            timeout_s=env_number(TIMEOUT_ENV, 120, minimum=1),
-            max_retry_wait_s=env_number(MAX_RETRY_WAIT_ENV, 60, minimum=0),
+            base_url=s.base_url,
+            max_retries=s.max_retries,
+            timeout_s=s.timeout_s,
+            max_retry_wait_s=s.max_retry_wait_s,
             context_window_tokens=window,
             structured=structured,
             max_tokens_param=max_tokens_param,

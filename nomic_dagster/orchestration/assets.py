@@ -185,6 +185,9 @@ def meta_planner_priorities(
         agent_performance=agent_performance,
         patterns=pattern_reinforcements,
         root=nomic.state_dir or None,
+        mode=planner.mode,
+        planner_agents=planner.planner_agents,
+        budget_usd=planner.planner_budget_usd,
     )
     targets = plan_targets(store, planner.repo, planner.base_branch, planner.max_targets)
     priorities = planner_.prioritize(
@@ -211,7 +214,21 @@ def meta_planner_priorities(
             or "_no goals_"
         ),
         "goals_json": dg.MetadataValue.json([g.model_dump(mode="json") for g in priorities.goals]),
+        "mode": priorities.mode,
+        "requested_mode": priorities.requested_mode,
+        "fallback_reason": priorities.fallback_reason,
+        "llm_calls": priorities.llm_calls,
+        "cost_usd": priorities.cost_usd,
     }
+    if priorities.requested_mode == "debate":
+        metadata["debate"] = dg.MetadataValue.json(
+            {
+                "agents": priorities.planner_agents,
+                "agent_failures": priorities.agent_failures,
+                "votes": [v.model_dump(mode="json") for v in priorities.votes],
+                "dropped": [d.model_dump(mode="json") for d in priorities.dropped],
+            }
+        )
     return dg.Output(priorities, metadata=metadata)
 
 

@@ -7,6 +7,8 @@ asset, the planner sensor and the schedules, so the UI shows the settings in one
 
 from __future__ import annotations
 
+from typing import Literal
+
 import dagster as dg
 from pydantic import Field
 
@@ -44,6 +46,22 @@ class PlannerResource(dg.ConfigurableResource):
     )
     test_command: str = Field(
         default="", description="The target's test command for launched cycles (empty: default)."
+    )
+    mode: Literal["scan", "debate"] = Field(
+        default="scan",
+        description="scan: rank the scan's goals by signals and the learning tables, no LLM. "
+        "debate: the planner_agents also propose goals and vote on them; any failure (no "
+        "key, budget, server errors, garbage) falls back to the scan, with the reason.",
+    )
+    planner_agents: list[str] = Field(
+        default_factory=lambda: ["claude"],
+        description="Agents that debate the goals in debate mode (LLM agents: claude, gpt, "
+        "openai-compatible, or an import path); offline tools are skipped.",
+    )
+    planner_budget_usd: float = Field(
+        default=0.5,
+        description="Most the planner's LLM calls may cost per plan in debate mode (<=0: no "
+        "limit); a call whose worst case could cross it is not made.",
     )
     max_goals: int = Field(default=5, ge=1, description="Most goals per plan.")
     max_targets: int = Field(default=3, ge=1, description="Most targets scanned per plan.")

@@ -4,25 +4,45 @@ Every phase op has two optional outputs: `state` when the cycle goes on, `ended`
 gate closed (no consensus, scope rejection, failed verification, ...). Everything
 downstream of a closed gate is skipped and the run still succeeds; `record_cycle_op`
 fans in the `ended` outputs, removes the worktree and materializes `cycle_records`.
+Except: a cycle that fails in IMPLEMENT, VERIFY or COMMIT (implementation_failed,
+verification_failed, error) is recorded by that op, which then fails, so "re-execute from
+failure" runs that phase again on its stored input, without context, debate or design.
 
 No `from __future__ import annotations` here: Dagster reads the op annotations at runtime.
 """
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
-from nomic_dagster.cycle import CycleState, finish_cycle, run_phase, start_cycle
+from nomic_dagster.approvals import approval_hint, design_hash
+from nomic_dagster.cycle import REEXECUTABLE, CycleState, finish_cycle, run_phase, start_cycle
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.partitions import cycles_partitions
-from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.records import CycleRecord, Phase, Track
+from nomic_dagster.orchestration.resources import (
+    AGENT_RESOURCE_KEYS,
+    NomicResource,
+    agent_backends,
+)
+from nomic_dagster.phases.debate import counterfactual_markdown, rounds_markdown
+from nomic_dagster.pricing import Spend
+from nomic_dagster.records import CycleRecord, Outcome, Phase, Track
+from nomic_dagster.state_machine import prepare_workspace
 
 CYCLE_ID_TAG = "nomic/cycle_id"
 TRACK_TAG = "nomic/track"
 PHASE_TAG = "nomic/phase"
+# Steps that may call a model share this Dagster pool: `dagster instance concurrency set
+# nomic_llm 2` keeps at most two such steps, hence two concurrent model calls (a step makes
+# its calls one at a time), running across all runs.
+LLM_POOL = "nomic_llm"
+LLM_PHASES = (Phase.DEBATE, Phase.DESIGN, Phase.IMPLEMENT)
+# A cycle that fails in these phases fails their step (after its record is written), so
+# "re-execute from failure" re-runs the phase on its stored input state.
+REEXECUTABLE_PHASES = (Phase.IMPLEMENT, Phase.VERIFY, Phase.COMMIT)
 
 STATE_OUTS = {
     "state": dg.Out(CycleState, is_required=False, description="the cycle goes on"),
@@ -41,6 +61,10 @@ def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
     if s.ended:
         md["outcome"] = s.outcome.value if s.outcome else ""
         md["reason"] = s.reason
+    if phase in LLM_PHASES:  # what this phase's model calls cost (0 for offline agents)
+        spend = Spend.of([c for c in s.llm_calls if c.phase == phase.value])
+        md |= {"cost_usd": spend.cost_usd, "tokens": spend.tokens, "llm_calls": spend.llm_calls}
+        md["cycle_cost_usd"] = round(sum(c.usage.usd for c in s.llm_calls), 8)
     if phase is Phase.CONTEXT and s.context:
         c = s.context
         md |= {
@@ -60,9 +84,12 @@ def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
                 or "none"
             ),
             "tally": dg.MetadataValue.json(d.consensus.tally),
+            "weighted_tally": dg.MetadataValue.json(d.consensus.weighted_tally),
             "winner": d.consensus.winner_id or "",
-            "vote_only_winner": d.consensus.first_round_winner_id or "",
+            "vote_only_winner": d.consensus.vote_only_winner_id or "",
             "changed_by_debate": d.consensus.changed_by_debate,
+            "rounds": dg.MetadataValue.md(rounds_markdown(d)),
+            "vote_only_counterfactual": dg.MetadataValue.md(counterfactual_markdown(d)),
             "agent_failures": dg.MetadataValue.json(d.agent_failures),
         }
     elif phase is Phase.DESIGN and s.design:
@@ -74,6 +101,12 @@ def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
             ),
             "scope_allowed": bool(s.scope and s.scope.allowed),
         }
+        if s.outcome is Outcome.AWAITING_APPROVAL:  # what the person approves, and how
+            md |= {
+                "design_hash": design_hash(s.design),
+                "planned_files": dg.MetadataValue.json(list(s.design.files)),
+                "approve_with": approval_hint(s.cycle_id),
+            }
     elif phase is Phase.IMPLEMENT and s.changeset:
         cs = s.changeset
         md |= {
@@ -100,10 +133,15 @@ def _emit(phase: Phase, state: CycleState) -> Iterator[dg.Output]:
     yield dg.Output(state, output_name=output, metadata=_phase_metadata(phase, state))
 
 
-@dg.op(out=STATE_OUTS, tags={PHASE_TAG: "context"})
-def context_op(context: dg.OpExecutionContext, config: CycleConfig, nomic: NomicResource):
+@dg.op(
+    out=STATE_OUTS,
+    tags={PHASE_TAG: "context"},
+    required_resource_keys={"nomic", *AGENT_RESOURCE_KEYS},
+)
+def context_op(context: dg.OpExecutionContext, config: CycleConfig):
     """Resolve and validate the target, add the cycle's worktree, read the repository's facts
     and run its tests once (a red baseline ends the cycle: nothing could be verified)."""
+    nomic: NomicResource = context.resources.nomic
     tags = context.run_tags
     settings = config.to_settings(nomic.state_dir or None)
     if not settings.track:
@@ -118,16 +156,43 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig, nomic: Nomic
     cycle_id = tags.get(CYCLE_ID_TAG) or context.run_id[:8]
     state = start_cycle(settings, cycle_id=cycle_id, run_id=context.run_id)
     context.log.info(
-        f"cycle {cycle_id}: goal {state.goal.text!r}, agents {', '.join(config.agents)}"
+        f"cycle {cycle_id}: goal {state.goal.text!r}, agents "
+        f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
-    yield from _emit(Phase.CONTEXT, run_phase(Phase.CONTEXT, state))
+    with agent_backends(context.resources):  # the agent resources, for this phase's panel
+        new = run_phase(Phase.CONTEXT, state)
+    yield from _emit(Phase.CONTEXT, new)
 
 
 def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
-    @dg.op(name=f"{phase.value}_op", out=STATE_OUTS, tags={PHASE_TAG: phase.value}, description=doc)
-    def _op(state: CycleState):
+    @dg.op(
+        name=f"{phase.value}_op",
+        out=STATE_OUTS,
+        tags={PHASE_TAG: phase.value},
+        description=doc,
+        pool=LLM_POOL if phase in LLM_PHASES else None,
+        required_resource_keys=set(AGENT_RESOURCE_KEYS),
+    )
+    def _op(context: dg.OpExecutionContext, state: CycleState):
+        if phase in REEXECUTABLE_PHASES and state.workspace is not None:
+            # A re-execution from failure (or an approved cycle) may find the worktree gone:
+            # put it back the way this phase's first run found it.
+            if context.run.parent_run_id or not os.path.isdir(state.workspace.worktree):
+                prepare_workspace(phase, state)
+            state = state.model_copy(update={"run_id": context.run_id})
         # run_phase logs start, duration and outcome through the managed nomic_dagster logger
-        new = run_phase(phase, state)
+        with agent_backends(context.resources):  # the agent resources, in this step's process
+            new = run_phase(phase, state)
+        if phase in REEXECUTABLE_PHASES and new.outcome in REEXECUTABLE:
+            # This step is the failed one, so Dagster's "re-execute from failure" runs it
+            # again on its stored input: context, debate and design are not repeated.
+            record = record_cycle(context, new)
+            raise dg.Failure(
+                description=f"cycle {record.cycle_id} ended with {record.outcome.value}: "
+                f"{record.reason}"[:4000]
+                + " (re-execute from failure to run this phase again)",
+                metadata={**_phase_metadata(phase, new), "outcome": record.outcome.value},
+            )
         yield from _emit(phase, new)
 
     return _op
@@ -135,8 +200,10 @@ def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
 
 debate_op = _phase_op(
     Phase.DEBATE,
-    "Every agent proposes, critiques the others and votes (before and after the critiques); "
-    "the consensus rule picks the winner or ends the cycle with no_consensus.",
+    "Every agent proposes; a vote-only ballot is recorded as the counterfactual; then up to "
+    "critique_rounds rounds of critiques, revisions and votes (early stop when the leader is "
+    "stable); the consensus rule (and an optional judge) picks the winner or ends the cycle "
+    "with no_consensus.",
 )
 design_op = _phase_op(
     Phase.DESIGN,
@@ -180,20 +247,23 @@ def record_metadata(record: CycleRecord) -> dict[str, Any]:
         "cost_usd": record.cost_usd,
         "tokens": record.tokens,
         "llm_calls": record.llm_calls,
+        "cost_by_phase": dg.MetadataValue.json(record.cost_by_phase),
+        "cost_by_agent": dg.MetadataValue.json(record.cost_by_agent),
+        "cassette": dg.MetadataValue.path(record.cassette) if record.cassette else "",
         "phase_durations_s": dg.MetadataValue.json(record.phase_durations),
         "duration_s": round(record.duration_s, 3),
         "record": dg.MetadataValue.json(record.model_dump(mode="json")),
-    }
+    } | (
+        {"approve_with": approval_hint(record.cycle_id)}
+        if record.outcome is Outcome.AWAITING_APPROVAL
+        else {}
+    )
 
 
-@dg.op(tags={PHASE_TAG: "record"})
-def record_cycle_op(context: dg.OpExecutionContext, ended: list[CycleState]):
-    """Remove the worktree, store the cycle record and materialize its `cycle_records`
-    partition — on every path through the cycle. Bad input and internal errors fail the run
-    after the record is written, so the UI shows them as failures."""
-    if len(ended) != 1:
-        raise dg.Failure(f"expected exactly one ended cycle state, got {len(ended)}")
-    record = finish_cycle(ended[0])
+def record_cycle(context: dg.OpExecutionContext, state: CycleState) -> CycleRecord:
+    """finish_cycle, then the cycle's `cycles` partition and its `cycle_records`
+    materialization (shared by record_cycle_op and a failing implement/verify/commit op)."""
+    record = finish_cycle(state)
     context.instance.add_dynamic_partitions(cycles_partitions.name, [record.cycle_id])
     metadata = record_metadata(record)
     context.log_event(
@@ -204,6 +274,18 @@ def record_cycle_op(context: dg.OpExecutionContext, ended: list[CycleState]):
             metadata=metadata,
         )
     )
+    return record
+
+
+@dg.op(tags={PHASE_TAG: "record"})
+def record_cycle_op(context: dg.OpExecutionContext, ended: list[CycleState]):
+    """Remove the worktree, store the cycle record and materialize its `cycle_records`
+    partition — on every path through the cycle. Bad input and internal errors fail the run
+    after the record is written, so the UI shows them as failures."""
+    if len(ended) != 1:
+        raise dg.Failure(f"expected exactly one ended cycle state, got {len(ended)}")
+    record = record_cycle(context, ended[0])
+    metadata = record_metadata(record)
     context.add_output_metadata(
         {k: metadata[k] for k in ("outcome", "reason", "branch", "commit_sha")}
     )

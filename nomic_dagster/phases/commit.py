@@ -71,8 +71,14 @@ def commit_message(
     agents: list[str],
     run_id: str | None,
     verification: VerificationReport | None,
+    designer: str | None = None,
+    implementer: str | None = None,
 ) -> str:
-    """Subject, a body saying what improved and why, then the Nomic-* git trailers."""
+    """Subject, a body saying what improved and why, then the Nomic-* git trailers.
+
+    `Nomic-Winner` is the agent whose proposal won; `Nomic-Designer` / `Nomic-Implementer`
+    are added only when another agent designed or implemented it (the roles' settings)."""
+    winner = debate.winner.agent if debate is not None and debate.winner else design.agent
     paragraphs: list[str] = [_subject(design.kind, design.title)]
     if design.rationale.strip():
         paragraphs.append(_prose(design.rationale))
@@ -85,7 +91,7 @@ def commit_message(
         files.append(f"- {f.path}{moved}: {f.status}, +{f.added}/-{f.removed}")
     paragraphs.append("\n".join(files))
 
-    decision = [f"Proposal {design.proposal_id} by {design.agent}, {design.risk} risk."]
+    decision = [f"Proposal {design.proposal_id} by {winner}, {design.risk} risk."]
     if debate is not None:
         c = debate.consensus
         tally = ", ".join(f"{pid} {n}" for pid, n in sorted(c.tally.items(), key=lambda kv: -kv[1]))
@@ -120,7 +126,12 @@ def commit_message(
         ("Nomic-Track", track),
         ("Nomic-Agents", ", ".join(agents) or "none"),
         ("Nomic-Run-Id", run_id or "none"),
-        ("Nomic-Winner", design.agent),
+        ("Nomic-Winner", winner),
+    ]
+    trailers += [
+        (k, v)
+        for k, v in (("Nomic-Designer", designer), ("Nomic-Implementer", implementer))
+        if v and v != winner
     ]
     paragraphs.append("\n".join(f"{k}: {_one_line(v) or 'none'}" for k, v in trailers))
     return "\n\n".join(paragraphs) + "\n"

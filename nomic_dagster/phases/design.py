@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from nomic_dagster import pathrules
 from nomic_dagster.agents import Agent
+from nomic_dagster.agents.replay import ReplayMismatch
 from nomic_dagster.errors import AgentError
 from nomic_dagster.pricing import BudgetExhausted
 from nomic_dagster.records import DebateResult, Design, RepoContext, ScopeDecision
@@ -28,16 +29,22 @@ def winning_agent(debate: DebateResult, panel: list[Agent]) -> Agent:
 
 
 def design_change(
-    debate: DebateResult, panel: list[Agent], context: RepoContext, settings: CycleSettings
+    debate: DebateResult,
+    panel: list[Agent],
+    context: RepoContext,
+    settings: CycleSettings,
+    designer: Agent | None = None,
 ) -> Design:
+    """The design of the winning proposal, by `designer` (the `designer` setting) or else by
+    the agent that proposed it."""
     proposal = debate.winner
-    agent = winning_agent(debate, panel)
+    agent = designer or winning_agent(debate, panel)
     assert proposal is not None
     try:
         design = guarded_call(agent.name, lambda: agent.design(proposal, context, settings))
     except CircuitOpenError as exc:
         raise AgentError(agent.name, "design", str(exc)) from exc
-    except BudgetExhausted:
+    except (BudgetExhausted, ReplayMismatch):  # not the agent's failure: the cycle ends
         raise
     except Exception as exc:
         raise AgentError(agent.name, "design", f"{type(exc).__name__}: {exc}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nomic_dagster.agents import Agent, WorkArea
+from nomic_dagster.agents.replay import ReplayMismatch
 from nomic_dagster.errors import ImplementationFailed
 from nomic_dagster.pricing import BudgetExhausted
 from nomic_dagster.records import ChangeSet, Design, RepoContext, Workspace
@@ -34,7 +35,7 @@ def implement_design(
         )
     except CircuitOpenError as exc:
         raise ImplementationFailed(f"{agent.name} was not called: {exc}") from exc
-    except (ImplementationFailed, BudgetExhausted):
+    except (ImplementationFailed, BudgetExhausted, ReplayMismatch):
         raise
     except Exception as exc:
         raise ImplementationFailed(f"{agent.name} crashed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,369 @@
+"""How each agent backend is configured: one small settings model per backend.
+
+`AnthropicSettings` (`claude`), `OpenAISettings` (`gpt`), `OpenAICompatibleSettings`
+(`openai-compatible`: Ollama, vLLM, LM Studio, ...), `ClaudeCodeSettings` (`claude-code`)
+and `CodexSettings` (`codex`). A field left at None is read from the environment when the
+agent is built (`resolved()`), so `Settings()` behaves exactly like the environment
+variables always did, and `Settings.from_env()` is that, resolved. The Dagster resources
+(`orchestration/resources.py`) fill in the fields a user set; the domain never imports
+Dagster.
+
+API keys: `api_key` is a `SecretStr` excluded from every dump and repr, so a settings
+object can be logged or stored without the key; it is only read when the agent's client
+(or its CLI process) is built. None means the SDK's own variable (`ANTHROPIC_API_KEY`,
+`OPENAI_API_KEY`, ...); a key that is needed and missing is `BadInput` naming that
+variable, raised when the panel is built (so only when that agent is in the panel).
+
+`using_backends(configs)` installs a name -> settings mapping for this process while a
+block runs; `build_agent` / `build_panel` use it when they are not given one. The Dagster
+ops install their resources' settings that way around every phase (each step process
+initialises the resources, so this holds under the multiprocess executor too), and the
+state machine's child processes are forked from the process that installed them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from nomic_dagster.agents.llm import DEFAULT_MAX_TOKENS, env_number, env_text
+from nomic_dagster.errors import BadInput
+
+if TYPE_CHECKING:
+    from nomic_dagster.agents.base import Agent
+    from nomic_dagster.pricing import Budget
+
+# Shared limits of every LLM call (the same variables as before the settings existed).
+MAX_TOKENS_ENV = "NOMIC_LLM_MAX_TOKENS"
+MAX_RETRIES_ENV = "NOMIC_LLM_MAX_RETRIES"
+TIMEOUT_ENV = "NOMIC_LLM_TIMEOUT_S"
+MAX_RETRY_WAIT_ENV = "NOMIC_LLM_MAX_RETRY_WAIT_S"
+
+ANTHROPIC_KEY_ENV = "ANTHROPIC_API_KEY"
+ANTHROPIC_BASE_URL_ENV = "ANTHROPIC_BASE_URL"
+CLAUDE_MODEL_ENV = "NOMIC_CLAUDE_MODEL"
+DEFAULT_CLAUDE_MODEL = "claude-sonnet-4-6"
+CLAUDE_CONTEXT_WINDOW_TOKENS = 200_000
+
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+OPENAI_BASE_URL_ENV = "OPENAI_BASE_URL"
+GPT_MODEL_ENV = "NOMIC_GPT_MODEL"
+DEFAULT_GPT_MODEL = "gpt-4.1"
+# `openai-compatible` only, so that one panel can hold GPT and a local model:
+COMPATIBLE_BASE_URL_ENV = "NOMIC_OPENAI_BASE_URL"
+COMPATIBLE_KEY_ENV = "NOMIC_OPENAI_API_KEY"
+COMPATIBLE_MODEL_ENV = "NOMIC_OPENAI_MODEL"
+CONTEXT_ENV = "NOMIC_OPENAI_CONTEXT_TOKENS"
+STRUCTURED_ENV = "NOMIC_OPENAI_STRUCTURED"
+DEFAULT_LOCAL_CONTEXT_TOKENS = 8192
+
+CLI_TIMEOUT_ENV = "NOMIC_CLI_AGENT_TIMEOUT_S"
+DEFAULT_CLI_TIMEOUT_S = 1200.0
+CLAUDE_CODE_BIN_ENV = "NOMIC_CLAUDE_CODE_BIN"
+CODEX_BIN_ENV = "NOMIC_CODEX_BIN"
+
+Structured = Literal["json_schema", "json_object", "text"]
+
+
+def _secret() -> Any:
+    # Excluded from model_dump / model_dump_json and hidden from repr: a settings object
+    # may be logged or stored, its key never is.
+    return Field(default=None, exclude=True, repr=False)
+
+
+class BackendSettings(BaseModel):
+    """Base: None fields come from the environment when the agent is built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: ClassVar[str]  # the built-in agent name this backend serves by default
+    api_key: SecretStr | None = _secret()
+
+    def resolved(self) -> BackendSettings:
+        """Every None field filled from the environment or the default; BadInput naming the
+        variable for a value that is not usable."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_env(cls) -> BackendSettings:
+        """Today's environment behaviour, resolved."""
+        return cls().resolved()
+
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    def build(self, name: str, budget: Budget | None) -> Agent:
+        raise NotImplementedError
+
+    def _fill(self, values: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+        """The fields this object leaves at None, each from its (lazy) environment lookup, so
+        that a variable is only read, and only complained about, when it is used."""
+        return {k: get() for k, get in values.items() if getattr(self, k) is None}
+
+
+def _llm_limits(s: _LLMSettings) -> dict[str, Any]:
+    return s._fill(
+        {
+            "max_tokens": lambda: env_number(
+                MAX_TOKENS_ENV, DEFAULT_MAX_TOKENS, minimum=64, integer=True
+            ),
+            "max_retries": lambda: env_number(MAX_RETRIES_ENV, 3, minimum=0, integer=True),
+            "timeout_s": lambda: env_number(TIMEOUT_ENV, 120, minimum=1),
+            "max_retry_wait_s": lambda: env_number(MAX_RETRY_WAIT_ENV, 60, minimum=0),
+        }
+    )
+
+
+class _LLMSettings(BackendSettings):
+    model: str | None = None
+    base_url: str | None = None
+    max_tokens: int | None = Field(default=None, ge=64)
+    timeout_s: float | None = Field(default=None, ge=1)
+    max_retries: int | None = Field(default=None, ge=0)
+    max_retry_wait_s: float | None = Field(default=None, ge=0)
+    context_window_tokens: int | None = Field(default=None, ge=1024)
+
+
+class AnthropicSettings(_LLMSettings):
+    """`claude`: the Anthropic Messages API. None: `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`,
+    `NOMIC_CLAUDE_MODEL` (default claude-sonnet-4-6), `NOMIC_LLM_*`; window 200K tokens."""
+
+    backend: ClassVar[str] = "claude"
+
+    def resolved(self) -> AnthropicSettings:
+        values = self._fill(
+            {
+                "model": lambda: env_text(CLAUDE_MODEL_ENV, DEFAULT_CLAUDE_MODEL),
+                "base_url": lambda: env_text(ANTHROPIC_BASE_URL_ENV),
+                "context_window_tokens": lambda: CLAUDE_CONTEXT_WINDOW_TOKENS,
+                "api_key": lambda: env_text(ANTHROPIC_KEY_ENV),
+            }
+        )
+        return self.model_copy(update={**values, **_llm_limits(self)} | _secret_update(values))
+
+    def build(self, name: str, budget: Budget | None) -> Agent:
+        from nomic_dagster.agents.anthropic_agent import AnthropicAgent
+
+        return AnthropicAgent.from_settings(name, self, budget=budget)
+
+
+class OpenAISettings(_LLMSettings):
+    """`gpt`: the OpenAI Chat Completions API. None: `OPENAI_API_KEY` (may stay unset when the
+    base URL names a server that needs none), `OPENAI_BASE_URL`, `NOMIC_GPT_MODEL` (default
+    gpt-4.1), `NOMIC_OPENAI_CONTEXT_TOKENS` (default: no limit), `NOMIC_LLM_*`."""
+
+    backend: ClassVar[str] = "gpt"
+
+    def resolved(self) -> OpenAISettings:
+        values = self._fill(
+            {
+                "model": lambda: env_text(GPT_MODEL_ENV, DEFAULT_GPT_MODEL),
+                "base_url": lambda: env_text(OPENAI_BASE_URL_ENV),
+                "context_window_tokens": lambda: (
+                    env_number(CONTEXT_ENV, 0, minimum=1024, integer=True)
+                    if env_text(CONTEXT_ENV)
+                    else None
+                ),
+                "api_key": lambda: env_text(OPENAI_KEY_ENV),
+            }
+        )
+        return self.model_copy(update={**values, **_llm_limits(self)} | _secret_update(values))
+
+    def build(self, name: str, budget: Budget | None) -> Agent:
+        from nomic_dagster.agents.openai_agent import OpenAIAgent
+
+        return OpenAIAgent.from_settings(name, self, budget=budget)
+
+
+class OpenAICompatibleSettings(_LLMSettings):
+    """`openai-compatible`: any server with the Chat Completions API (Ollama, vLLM, LM Studio).
+
+    None: `NOMIC_OPENAI_BASE_URL`, else `OPENAI_BASE_URL` (one of them, or `base_url`, is
+    required); `NOMIC_OPENAI_MODEL` (required); `NOMIC_OPENAI_API_KEY` (optional; with a URL
+    of its own — here or in `NOMIC_OPENAI_BASE_URL` — it never receives `OPENAI_API_KEY`);
+    `NOMIC_OPENAI_CONTEXT_TOKENS` (default 8192: local models have small windows);
+    `NOMIC_OPENAI_STRUCTURED` (json_schema, json_object or text)."""
+
+    backend: ClassVar[str] = "openai-compatible"
+    structured: Structured | None = None
+
+    def resolved(self) -> OpenAICompatibleSettings:
+        values: dict[str, Any] = {}
+        if self.base_url is None:
+            own_url = env_text(COMPATIBLE_BASE_URL_ENV)
+            values["base_url"] = own_url or env_text(OPENAI_BASE_URL_ENV)
+            shared_url = own_url is None
+        else:
+            shared_url = False
+        if self.api_key is None:
+            key = env_text(COMPATIBLE_KEY_ENV)
+            if key is None and shared_url:  # OpenAI's URL and key go together
+                key = env_text(OPENAI_KEY_ENV)
+            values["api_key"] = key
+        values |= self._fill(
+            {
+                "model": lambda: env_text(COMPATIBLE_MODEL_ENV),
+                "context_window_tokens": lambda: env_number(
+                    CONTEXT_ENV, DEFAULT_LOCAL_CONTEXT_TOKENS, minimum=1024, integer=True
+                ),
+                "structured": _structured_from_env,
+            }
+        )
+        return self.model_copy(update={**values, **_llm_limits(self)} | _secret_update(values))
+
+    def build(self, name: str, budget: Budget | None) -> Agent:
+        from nomic_dagster.agents.openai_agent import OpenAIAgent
+
+        return OpenAIAgent.from_settings(name, self, budget=budget)
+
+
+def _structured_from_env() -> Structured:
+    raw = env_text(STRUCTURED_ENV, "json_schema") or "json_schema"
+    if raw not in get_args(Structured):
+        raise BadInput(
+            f"{STRUCTURED_ENV}={raw!r} is not a structured-output mode",
+            f"use one of {', '.join(get_args(Structured))}",
+        )
+    return raw  # type: ignore[return-value]
+
+
+def _secret_update(values: dict[str, Any]) -> dict[str, Any]:
+    """The key as a SecretStr (model_copy does not validate, so it must be converted here)."""
+    if "api_key" not in values:
+        return {}
+    key = values["api_key"]
+    return {"api_key": SecretStr(key) if key else None}
+
+
+class _CLISettings(BackendSettings):
+    binary: str | None = None  # None: $<bin env>, else the executable's name on PATH
+    timeout_s: float | None = Field(default=None, ge=1)
+
+    executable: ClassVar[str]
+    bin_env: ClassVar[str]
+    install_hint: ClassVar[str]
+
+    def resolved(self) -> _CLISettings:
+        wanted = self.binary or env_text(self.bin_env) or self.executable
+        found = shutil.which(wanted)
+        if found is None:
+            where = (
+                "the `binary` setting"
+                if self.binary
+                else (self.bin_env if os.environ.get(self.bin_env) else "PATH")
+            )
+            raise BadInput(
+                f"agent {self.backend!r} needs the {wanted!r} executable, which was not found"
+                + (" on PATH" if where == "PATH" else f" (from {where})"),
+                f"{self.install_hint}, or set {self.bin_env} (or the resource's `binary`) to "
+                "the executable's path",
+            )
+        values = self._fill(
+            {"timeout_s": lambda: env_number(CLI_TIMEOUT_ENV, DEFAULT_CLI_TIMEOUT_S, minimum=1)}
+        )
+        return self.model_copy(update={"binary": found, **values})
+
+
+class ClaudeCodeSettings(_CLISettings):
+    """`claude-code`: `claude -p` in the worktree. None: `$NOMIC_CLAUDE_CODE_BIN` or `claude` on
+    PATH; `NOMIC_CLI_AGENT_TIMEOUT_S` (default 1200); the key: `ANTHROPIC_API_KEY` or
+    `ANTHROPIC_AUTH_TOKEN` as the CLI finds them (or its own login). With a budget limit,
+    the run gets `--max-budget-usd <what is left of the budget>`."""
+
+    backend: ClassVar[str] = "claude-code"
+    executable: ClassVar[str] = "claude"
+    bin_env: ClassVar[str] = CLAUDE_CODE_BIN_ENV
+    install_hint: ClassVar[str] = (
+        "install Claude Code (npm install -g @anthropic-ai/claude-code) and log in or set "
+        "ANTHROPIC_API_KEY"
+    )
+
+    def build(self, name: str, budget: Budget | None) -> Agent:
+        from nomic_dagster.agents.cli_agent import ClaudeCodeAgent
+
+        return ClaudeCodeAgent.from_settings(self, budget=budget)
+
+
+class CodexSettings(_CLISettings):
+    """`codex`: `codex exec` in the worktree. None: `$NOMIC_CODEX_BIN` or `codex` on PATH;
+    `NOMIC_CLI_AGENT_TIMEOUT_S`; the key: `OPENAI_API_KEY` or `CODEX_API_KEY` (or its own
+    login). Codex has no spend cap of its own: the budget is checked before the run (a spent
+    budget refuses it) and its reported tokens are recorded after."""
+
+    backend: ClassVar[str] = "codex"
+    executable: ClassVar[str] = "codex"
+    bin_env: ClassVar[str] = CODEX_BIN_ENV
+    install_hint: ClassVar[str] = (
+        "install the Codex CLI (npm install -g @openai/codex) and log in or set OPENAI_API_KEY"
+    )
+
+    def build(self, name: str, budget: Budget | None) -> Agent:
+        from nomic_dagster.agents.cli_agent import CodexAgent
+
+        return CodexAgent.from_settings(self, budget=budget)
+
+
+SETTINGS_BY_BACKEND: dict[str, type[BackendSettings]] = {
+    cls.backend: cls
+    for cls in (
+        AnthropicSettings,
+        OpenAISettings,
+        OpenAICompatibleSettings,
+        ClaudeCodeSettings,
+        CodexSettings,
+    )
+}
+
+
+# ---------------------------------------------------------------- the process's backends
+
+_active: dict[str, BackendSettings] = {}
+_active_lock = threading.Lock()
+
+
+def active_backends() -> dict[str, BackendSettings]:
+    """The backend settings installed in this process (empty: the environment decides)."""
+    with _active_lock:
+        return dict(_active)
+
+
+@contextmanager
+def using_backends(configs: Mapping[str, BackendSettings]) -> Iterator[None]:
+    """Install `configs` (agent name -> settings) for this process while the block runs.
+
+    A process-level registry, not a parameter, because the phases build their panels deep
+    inside `cycle.run_phase`, which also runs in forked state-machine children; the ops
+    install their resources around each phase and the previous mapping comes back after.
+    One mapping per process at a time: two in-process runs in threads with *different*
+    backend resources would see each other's (the default resources are all equal).
+    """
+    global _active
+    for name, config in configs.items():
+        if not isinstance(config, BackendSettings):
+            raise TypeError(f"backend {name!r}: expected BackendSettings, got {type(config)}")
+    with _active_lock:
+        previous, _active = _active, dict(configs)
+    try:
+        yield
+    finally:
+        with _active_lock:
+            _active = previous
+
+
+__all__ = [
+    "SETTINGS_BY_BACKEND",
+    "AnthropicSettings",
+    "BackendSettings",
+    "ClaudeCodeSettings",
+    "CodexSettings",
+    "OpenAICompatibleSettings",
+    "OpenAISettings",
+    "active_backends",
+    "using_backends",
+]

@@ -1,0 +1,251 @@
+"""What a cycle's model calls cost, wherever its phases run.
+
+The calls travel in the cycle's state, tagged with their phase, so the cost in the record
+and in the run metadata is complete and the budget spans the whole cycle even when every
+phase runs in its own process: Dagster's multiprocess executor, the state machine's child
+processes. Real SDK clients against the loopback servers; real Dagster instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from nomic_dagster.cycle import drive_cycle, finish_cycle
+from nomic_dagster.definitions import build_defs
+from nomic_dagster.loop import NomicLoop
+from nomic_dagster.orchestration.instance import isolated_home
+from nomic_dagster.orchestration.ops import LLM_POOL
+from nomic_dagster.pricing import forget_cycle_budgets
+from nomic_dagster.records import Goal, Outcome, Proposal, RepoContext
+from nomic_dagster.state_machine import create_nomic_state_machine
+from nomic_dagster_tests import agents_for_tests as ta
+from nomic_dagster_tests import llm_scripts as ls
+from nomic_dagster_tests.fake_llm_servers import FakeAnthropicServer, FakeOpenAIServer
+from nomic_dagster_tests.repo_builders import make_repo, settings_for
+
+DAGSTER = str(Path(sys.executable).parent / "dagster")
+EXECUTE = ["job", "execute", "-m", "nomic_dagster.definitions", "-j", "nomic_cycle"]
+ROOT = Path(__file__).resolve().parent.parent
+LLM_PHASES_OPS = ("debate", "design", "implement")
+ANTHROPIC_KEY = "sk-ant-test-spend-0123456789"
+OPENAI_KEY = "sk-test-spend-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("NOMIC_BUDGET_USD", "NOMIC_PRICES", "NOMIC_AGENTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "0")
+    monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
+    forget_cycle_budgets()
+    yield
+    forget_cycle_budgets()
+
+
+@pytest.fixture
+def servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[FakeAnthropicServer, FakeOpenAIServer]]:
+    gpt = ls.winning_steps(
+        "claude:1",
+        submit_proposals=ls.proposals(
+            ls.proposal(kind="docs", title="Add docstrings", files=["calc/ops.py"], benefit=0.3)
+        ),
+    )
+    with (
+        FakeAnthropicServer(ls.anthropic_script(ls.winning_steps("claude:1"))) as claude_server,
+        FakeOpenAIServer(ls.openai_script(gpt)) as gpt_server,
+    ):
+        monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", claude_server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+        monkeypatch.setenv("OPENAI_BASE_URL", gpt_server.base_url)
+        yield claude_server, gpt_server
+
+
+def nomic_cycle_job() -> dg.JobDefinition:
+    # Reconstructable in the executor's child processes: NOMIC_STATE_DIR (set per test by
+    # conftest) places their state where the test looks.
+    return build_defs().get_job_def("nomic_cycle")
+
+
+def test_multiprocess_run_records_every_call_and_its_phase(
+    tmp_path: Path, instance: dg.DagsterInstance, servers
+) -> None:
+    claude_server, gpt_server = servers
+    repo = make_repo(tmp_path / "target", ls.CALC_REPO)
+    with dg.execute_job(
+        dg.reconstructable(nomic_cycle_job),
+        instance=instance,
+        run_config={
+            "ops": {
+                "context_op": {
+                    "config": {
+                        "repo": str(repo),
+                        "agents": ["claude", "gpt"],
+                        "test_command": settings_for(repo).test_command,
+                    }
+                }
+            },
+            "execution": {"config": {"multiprocess": {"max_concurrent": 1}}},
+        },
+        tags={"nomic/cycle_id": "c-mp"},
+    ) as result:
+        assert result.success
+        record = result.output_for_node("record_cycle_op")
+    assert record.outcome is Outcome.COMMITTED, record.reason
+    sent = len(claude_server.api_requests()) + len(gpt_server.api_requests())
+    # Every request made in the debate, design and implement processes is in the record.
+    assert record.llm_calls == sent > 0
+    assert set(record.cost_by_phase) == {"debate", "design", "implement"}
+    assert sum(record.cost_by_phase.values()) == pytest.approx(record.cost_usd)
+    assert record.cost_usd > 0 and set(record.cost_by_agent) == {"claude", "gpt"}
+
+    # The UI shows each phase's own cost on its step's output.
+    step_cost = {}
+    for event in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        data = event.dagster_event.event_specific_data
+        md = {k: v.value for k, v in data.metadata.items()}
+        if "cost_usd" in md:
+            step_cost[event.step_key] = md["cost_usd"]
+    assert set(step_cost) == {"debate_op", "design_op", "implement_op"}
+    assert step_cost["debate_op"] == pytest.approx(record.cost_by_phase["debate"])
+    assert sum(step_cost.values()) == pytest.approx(record.cost_usd)
+
+
+def test_the_budget_spans_phases_run_in_child_processes(tmp_path: Path, servers) -> None:
+    """The state machine runs each phase in a child process: a budget that the debate
+    nearly spends must still stop the design, which runs in a fresh process."""
+    claude_server, _ = servers
+    repo = make_repo(tmp_path / "target", ls.CALC_REPO)
+    probe = drive_cycle(settings_for(repo, agents=["claude"]))
+    assert finish_cycle(probe).outcome is Outcome.COMMITTED, probe.reason
+    debate = [c for c in probe.llm_calls if c.phase == "debate"]
+    (design,) = [c for c in probe.llm_calls if c.phase == "design"]
+    debate_usd = sum(c.usage.usd for c in debate)
+    assert len(debate) == 3 and debate_usd > 0
+
+    before = len(claude_server.api_requests())
+    # Room for the debate's calls (each reserves its worst case before it is sent), not
+    # for the design's worst case after them.
+    limit = max(sum(c.usage.usd for c in debate[:k]) + debate[k].worst_case_usd for k in range(3))
+    assert debate_usd + design.worst_case_usd > limit
+    limited = settings_for(repo, agents=["claude"], budget_usd=limit)
+    machine = create_nomic_state_machine(checkpoint_dir=tmp_path / "ckpt")
+    record = asyncio.run(machine.run(settings=limited))
+    assert record is not None
+    assert record.outcome is Outcome.BUDGET_EXHAUSTED, record.reason
+    steps = [r.step for r in claude_server.api_requests()[before:]]
+    assert "submit_design" not in steps and steps.count("submit_proposals") == 1
+    assert record.cost_usd <= limit
+    assert record.cost_by_phase == {"debate": pytest.approx(record.cost_usd)}
+
+
+def test_a_loop_budget_spans_its_cycles(tmp_path: Path, servers) -> None:
+    """NomicLoop(budget_usd=...) is a budget per run: each cycle may spend what the earlier
+    ones left, and the loop stops when a cycle could not make a call."""
+    claude_server, _ = servers
+    repo = make_repo(tmp_path / "target", ls.CALC_REPO)
+    probe = drive_cycle(settings_for(repo, agents=["claude"]))
+    assert finish_cycle(probe).outcome is Outcome.COMMITTED, probe.reason
+    calls = probe.llm_calls
+    # Just enough for one whole cycle: every call's worst case fits after the ones before.
+    budget = max(
+        sum(c.usage.usd for c in calls[:k]) + calls[k].worst_case_usd for k in range(len(calls))
+    )
+    before = len(claude_server.api_requests())
+    # A twin of the probe's repository, so no earlier cycle lengthens the prompts.
+    twin = make_repo(tmp_path / "twin", ls.CALC_REPO)
+    loop = NomicLoop(
+        settings=settings_for(twin, agents=["claude"]),
+        max_cycles=3,
+        budget_usd=budget,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
+    records = asyncio.run(loop.run())
+    assert [r.outcome for r in records] == [Outcome.COMMITTED, Outcome.BUDGET_EXHAUSTED]
+    # Every request sent is in a record; the second cycle stopped at a call it could not
+    # afford, and the run as a whole stayed under its budget.
+    sent = len(claude_server.api_requests()) - before
+    assert sent == records[0].llm_calls + records[1].llm_calls
+    assert records[0].llm_calls == len(calls) and "budget exhausted" in records[1].reason
+    assert loop.spent_usd == pytest.approx(records[0].cost_usd + records[1].cost_usd)
+    assert loop.spent_usd <= budget
+
+
+# ---------------------------------------------------------------- the model-call pool
+
+
+class TimedAgent(ta.ScriptedAgent):
+    """A good agent whose proposal takes a second, as a model call would; it writes when
+    each call started and ended to $NOMIC_TEST_INTERVALS."""
+
+    name = "timed"
+
+    def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
+        started = time.time()
+        time.sleep(1.0)
+        with open(os.environ["NOMIC_TEST_INTERVALS"], "a", encoding="utf-8") as fh:
+            fh.write(f"{started} {time.time()}\n")
+        return super().propose(context, goal)
+
+
+def test_the_llm_pool_limits_model_calling_steps_across_runs(
+    tmp_path: Path, state_dir: Path
+) -> None:
+    """`nomic_llm` pool, limit 1: two `dagster job execute` runs started together (separate
+    processes, one instance) never debate at the same time."""
+    home = isolated_home(tmp_path / "home")
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    config["concurrency"]["pools"] = {"default_limit": 1}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with dg.DagsterInstance.from_config(str(home)):
+        pass  # create the SQLite storage once, not in both processes at the same moment
+    intervals = tmp_path / "intervals.txt"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "NOMIC_STATE_DIR": str(state_dir),
+        "NOMIC_TEST_INTERVALS": str(intervals),
+        "PYTHONPATH": str(ROOT),  # the test's own agent, by import path
+    }
+    job = build_defs().get_job_def("nomic_cycle")
+    assert {job.graph.node_named(f"{p}_op").definition.pool for p in LLM_PHASES_OPS} == {LLM_POOL}
+
+    runs = []
+    for n in (1, 2):
+        repo = make_repo(tmp_path / f"target{n}", ta.GATE_REPO)
+        fields = {"repo": str(repo), "agents": [f"{__name__}:TimedAgent"]}
+        fields["test_command"] = settings_for(repo).test_command
+        run_config = tmp_path / f"run{n}.yaml"
+        run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
+        runs.append(
+            subprocess.Popen(
+                [DAGSTER, *EXECUTE, "-c", str(run_config)],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for proc in runs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-4000:]
+    first, second = sorted(
+        tuple(map(float, line.split())) for line in intervals.read_text().splitlines()
+    )
+    assert second[0] >= first[1]  # the second debate waited for the first step's slot
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        assert inst.event_log_storage.get_concurrency_info(LLM_POOL).slot_count == 1
