@@ -86,6 +86,13 @@ class CycleState(Record):
     # (not the process) so that cost and the budget survive the multiprocess executor,
     # the state machine's child processes, re-execution and resumption.
     llm_calls: list[LLMCall] = Field(default_factory=list)
+    # What failed attempts of a re-executed phase spent: Dagster re-runs the phase on its
+    # stored input state, which cannot hold them (see `with_earlier_attempts`).
+    earlier_attempts_usd: float = 0.0
+
+    @property
+    def spent_usd(self) -> float:
+        return round(sum(c.usage.usd for c in self.llm_calls) + self.earlier_attempts_usd, 8)
 
     @property
     def ended(self) -> bool:
@@ -326,8 +333,7 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         return state
     log.info("cycle %s: %s started", state.cycle_id, phase.value)
     started = time.perf_counter()
-    spent = sum(c.usage.usd for c in state.llm_calls)
-    budget = open_cycle_budget(budget_key(state), budget_limit(state.settings), spent)
+    budget = open_cycle_budget(budget_key(state), budget_limit(state.settings), state.spent_usd)
     error: str | None = None
     with span(
         f"nomic.phase.{phase.value}",
@@ -422,7 +428,7 @@ def to_record(state: CycleState) -> CycleRecord:
         branch=state.commit.branch if state.commit else None,
         commit_sha=state.commit.sha if state.commit else None,
         merged=state.commit.merged if state.commit else False,
-        **Spend.of(state.llm_calls).model_dump(),
+        **_spend(state).model_dump(),
         phase_durations=state.phase_durations,
         cassette=cassette_link(state.settings, state.cycle_id),
         started_at=state.started_at,
@@ -435,6 +441,26 @@ def to_record(state: CycleState) -> CycleRecord:
 REEXECUTABLE = frozenset(
     {Outcome.IMPLEMENTATION_FAILED, Outcome.VERIFICATION_FAILED, Outcome.ERROR}
 )
+
+
+def _spend(state: CycleState) -> Spend:
+    spend = Spend.of(state.llm_calls)
+    if not state.earlier_attempts_usd:
+        return spend
+    by_phase = {**spend.cost_by_phase, "earlier_attempts": state.earlier_attempts_usd}
+    return spend.model_copy(update={"cost_usd": state.spent_usd, "cost_by_phase": by_phase})
+
+
+def with_earlier_attempts(state: CycleState) -> CycleState:
+    """`state`, the input of a phase run again after it failed, charged with what the failed
+    attempts spent: their record (the cycle's, in the history) holds all the cycle paid,
+    this state only what came before the phase. So the budget spans re-executions."""
+    failed = CycleHistory(state_dir(state.settings)).get(state.cycle_id)
+    if failed is None or failed.outcome not in REEXECUTABLE:
+        return state
+    before = sum(c.usage.usd for c in state.llm_calls)
+    earlier = round(max(0.0, failed.cost_usd - before), 8)
+    return state.model_copy(update={"earlier_attempts_usd": earlier})
 
 
 def finish_cycle(state: CycleState) -> CycleRecord:

@@ -54,6 +54,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field
 
+from nomic_dagster.agents import panel_names
 from nomic_dagster.cycle_store import CycleStore, NomicCycleRecord
 from nomic_dagster.errors import BadInput
 from nomic_dagster.goal_planning import CandidateGoal, GoalPlanner, GoalProposal, GoalVote
@@ -62,7 +63,7 @@ from nomic_dagster.phases.context import recent_churn, scan_markers, scan_module
 from nomic_dagster.pricing import Budget, BudgetExhausted
 from nomic_dagster.records import Outcome, Phase, Record, Track, utcnow
 from nomic_dagster.recovery import CircuitOpenError, guarded_call
-from nomic_dagster.settings import DEFAULT_AGENTS, CycleSettings, state_dir
+from nomic_dagster.settings import CycleSettings, state_dir
 from nomic_dagster.tools import ruff_findings
 from nomic_dagster.workspace import close_workspace, git, is_url, open_workspace
 
@@ -432,7 +433,7 @@ class MetaPlanner:
         *,
         objective: str = "",
         tracks: Sequence[Track | str] | None = None,
-        agents: Sequence[str] = DEFAULT_AGENTS,
+        agents: Sequence[str] = (),
         max_goals: int = 5,
         agent_performance: pd.DataFrame | None = None,
         patterns: pd.DataFrame | None = None,
@@ -449,7 +450,7 @@ class MetaPlanner:
         self.store = store
         self.objective = objective.strip()
         self.tracks = [Track(t) for t in tracks] if tracks else list(Track)
-        self.agents = list(agents)
+        self.agents = panel_names(agents)  # empty: $NOMIC_AGENTS, else the offline agents
         self.max_goals = max_goals
         self.performance = agent_performance
         self.patterns = patterns

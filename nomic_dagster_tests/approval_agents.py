@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from nomic_dagster.agents.base import WorkArea
+from nomic_dagster.pricing import LLMCall, Usage, cycle_budget
 from nomic_dagster.records import Critique, Design, Goal, Proposal, RepoContext, Vote
 from nomic_dagster.settings import CycleSettings
 from nomic_dagster_tests.agents_for_tests import ScriptedAgent, _note
@@ -43,11 +44,20 @@ class CountingAgent(ScriptedAgent):
 
 class FlakyImplementer(CountingAgent):
     """Fails its first implementation (a flaky backend), succeeds once the marker file
-    $NOMIC_TEST_FLAKY_MARKER exists (the first attempt creates it)."""
+    $NOMIC_TEST_FLAKY_MARKER exists (the first attempt creates it). Each attempt pays for
+    one model call of IMPLEMENT_USD, recorded in the cycle's budget as LLM agents do."""
 
     name = "flaky"
+    IMPLEMENT_USD = 0.01
 
     def implement(self, design: Design, area: WorkArea) -> str:
+        budget = cycle_budget(area.context.root)
+        reservation = budget.reserve(self.IMPLEMENT_USD, f"{self.name} implement")
+        budget.settle(reservation, self.IMPLEMENT_USD)
+        usage = Usage(input_tokens=100, output_tokens=50, usd=self.IMPLEMENT_USD)
+        budget.record(
+            LLMCall(agent=self.name, provider="scripted", model="s", step="implement", usage=usage)
+        )
         marker = Path(os.environ["NOMIC_TEST_FLAKY_MARKER"])
         if not marker.exists():
             _note("implement")

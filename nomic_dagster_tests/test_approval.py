@@ -355,6 +355,8 @@ def test_reexecution_from_failure_reruns_implement_only(
     history = CycleHistory(state_dir)
     assert history.get("c-flaky").outcome is Outcome.IMPLEMENTATION_FAILED  # type: ignore[union-attr]
     assert calls(calls_file) == [*DEBATE_AND_DESIGN, "implement"]
+    paid = FlakyImplementer.IMPLEMENT_USD
+    assert history.get("c-flaky").cost_usd == pytest.approx(paid)  # type: ignore[union-attr]
 
     again = dg.execute_job(
         job,
@@ -377,6 +379,12 @@ def test_reexecution_from_failure_reruns_implement_only(
     assert record is not None and record.outcome is Outcome.COMMITTED
     assert [r.cycle_id for r in history.all()] == ["c-flaky"]  # replaced, not appended
     assert record.run_id == again.run_id
+    # the failed attempt's spend still counts: the budget spans the re-execution
+    assert record.cost_usd == pytest.approx(2 * paid)
+    assert record.cost_by_phase == {
+        "implement": pytest.approx(paid),
+        "earlier_attempts": pytest.approx(paid),
+    }
     assert run_git(repo, "rev-parse", "nomic/developer/c-flaky").strip() == record.commit_sha
 
 

@@ -15,7 +15,6 @@ from pydantic import Field
 from nomic_dagster.cycle_store import CycleStore, get_cycle_store
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster.records import Track
-from nomic_dagster.settings import DEFAULT_AGENTS
 from nomic_dagster.stopping import StoppingRules
 
 TRIGGER_TAG = "nomic/trigger"
@@ -40,9 +39,9 @@ class PlannerResource(dg.ConfigurableResource):
         default_factory=list, description="Tracks the planner may plan for (empty: all)."
     )
     agents: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_AGENTS),
-        description="The panel the planner's goals start from; agents that keep failing "
-        "are left out of a goal's panel.",
+        default_factory=list,
+        description="The panel the planner's goals start from (empty: $NOMIC_AGENTS, else "
+        "the offline agents); agents that keep failing are left out of a goal's panel.",
     )
     test_command: str = Field(
         default="", description="The target's test command for launched cycles (empty: default)."

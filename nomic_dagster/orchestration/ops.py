@@ -18,7 +18,14 @@ from typing import Any
 import dagster as dg
 
 from nomic_dagster.approvals import approval_hint, design_hash
-from nomic_dagster.cycle import REEXECUTABLE, CycleState, finish_cycle, run_phase, start_cycle
+from nomic_dagster.cycle import (
+    REEXECUTABLE,
+    CycleState,
+    finish_cycle,
+    run_phase,
+    start_cycle,
+    with_earlier_attempts,
+)
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.partitions import cycles_partitions
@@ -179,6 +186,9 @@ def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
             # put it back the way this phase's first run found it.
             if context.run.parent_run_id or not os.path.isdir(state.workspace.worktree):
                 prepare_workspace(phase, state)
+            if context.run.parent_run_id and state.run_id != context.run_id:
+                # the input comes from an earlier run: what its failed attempts paid counts
+                state = with_earlier_attempts(state)
             state = state.model_copy(update={"run_id": context.run_id})
         # run_phase logs start, duration and outcome through the managed nomic_dagster logger
         with agent_backends(context.resources):  # the agent resources, in this step's process
