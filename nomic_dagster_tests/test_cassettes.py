@@ -42,7 +42,7 @@ from nomic_dagster.agents.replay import (
 )
 from nomic_dagster.cycle import CycleState, drive_cycle, finish_cycle
 from nomic_dagster.errors import BadInput
-from nomic_dagster.pricing import DEFAULT_PRICES, Usage, forget_cycle_budgets
+from nomic_dagster.pricing import DEFAULT_PRICES, Usage
 from nomic_dagster.records import CycleRecord, Outcome, utcnow
 from nomic_dagster.settings import CycleSettings, state_dir
 from nomic_dagster.state_machine import NomicStateMachine, create_nomic_state_machine
@@ -52,6 +52,7 @@ from nomic_dagster_tests.fake_llm_servers import (
     FakeOpenAIServer,
     Reply,
 )
+from nomic_dagster_tests.llm_env import clean_llm_env
 from nomic_dagster_tests.repo_builders import commit_all, make_repo, run_git, settings_for
 
 # Distinctive fake keys: any trace of them in a cassette is a leak.
@@ -59,37 +60,10 @@ ANTHROPIC_KEY = "sk-ant-test-DISTINCTIVE-cassette-4b1e9d7c2a6f3058"
 OPENAI_KEY = "sk-proj-DISTINCTIVE-cassette-openai-8e2d6c4a0b9f1375"
 KEY_MARKER = "DISTINCTIVE"
 
-LLM_ENV = (
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_BASE_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "NOMIC_CLAUDE_MODEL",
-    "NOMIC_GPT_MODEL",
-    "NOMIC_OPENAI_MODEL",
-    "NOMIC_OPENAI_BASE_URL",
-    "NOMIC_OPENAI_API_KEY",
-    "NOMIC_OPENAI_CONTEXT_TOKENS",
-    "NOMIC_OPENAI_STRUCTURED",
-    "NOMIC_LLM_MAX_TOKENS",
-    "NOMIC_LLM_MAX_RETRIES",
-    "NOMIC_LLM_TIMEOUT_S",
-    "NOMIC_LLM_MAX_RETRY_WAIT_S",
-    "NOMIC_BUDGET_USD",
-    "NOMIC_PRICES",
-)
-
 
 @pytest.fixture(autouse=True)
 def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in LLM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "0")
-    monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
-    forget_cycle_budgets()
-    yield
-    forget_cycle_budgets()
+    yield from clean_llm_env(monkeypatch, max_retries=0)
 
 
 @pytest.fixture

@@ -25,12 +25,12 @@ from nomic_dagster.definitions import build_defs
 from nomic_dagster.loop import NomicLoop
 from nomic_dagster.orchestration.instance import isolated_home
 from nomic_dagster.orchestration.ops import LLM_POOL
-from nomic_dagster.pricing import forget_cycle_budgets
 from nomic_dagster.records import Goal, Outcome, Proposal, RepoContext
 from nomic_dagster.state_machine import create_nomic_state_machine
 from nomic_dagster_tests import agents_for_tests as ta
 from nomic_dagster_tests import llm_scripts as ls
 from nomic_dagster_tests.fake_llm_servers import FakeAnthropicServer, FakeOpenAIServer
+from nomic_dagster_tests.llm_env import clean_llm_env
 from nomic_dagster_tests.repo_builders import make_repo, settings_for
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
@@ -43,13 +43,7 @@ OPENAI_KEY = "sk-test-spend-0123456789abcdef"
 
 @pytest.fixture(autouse=True)
 def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("NOMIC_BUDGET_USD", "NOMIC_PRICES", "NOMIC_AGENTS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "0")
-    monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
-    forget_cycle_budgets()
-    yield
-    forget_cycle_budgets()
+    yield from clean_llm_env(monkeypatch, max_retries=0)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from nomic_dagster.definitions import build_defs
 from nomic_dagster.errors import BadInput
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster.phases.debate import counterfactual_markdown, rounds_markdown, run_debate
-from nomic_dagster.pricing import Budget, forget_cycle_budgets
+from nomic_dagster.pricing import Budget
 from nomic_dagster.records import (
     ConsensusRule,
     Critique,
@@ -42,6 +42,7 @@ from nomic_dagster.settings import CycleSettings
 from nomic_dagster_tests import llm_scripts as ls
 from nomic_dagster_tests.agents_for_tests import GATE_REPO
 from nomic_dagster_tests.fake_llm_servers import FakeAnthropicServer, FakeOpenAIServer
+from nomic_dagster_tests.llm_env import clean_llm_env
 from nomic_dagster_tests.repo_builders import FAST_TEST_COMMAND, build_context, make_repo
 
 HERE = "nomic_dagster_tests.test_debate_protocol"
@@ -557,29 +558,10 @@ def test_debate_records_stored_before_the_protocol_still_load() -> None:
 
 # ---------------------------------------------------------------- real SDK clients
 
-LLM_ENV = (
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_BASE_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "NOMIC_CLAUDE_MODEL",
-    "NOMIC_GPT_MODEL",
-    "NOMIC_BUDGET_USD",
-    "NOMIC_PROMPT_CACHE",
-    "NOMIC_LLM_MAX_TOKENS",
-)
-
 
 @pytest.fixture
 def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in LLM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "0")
-    monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
-    forget_cycle_budgets()
-    yield
-    forget_cycle_budgets()
+    yield from clean_llm_env(monkeypatch, max_retries=0)
 
 
 def use_servers(

@@ -29,7 +29,6 @@ from nomic_dagster.pricing import (
     Budget,
     BudgetExhausted,
     cycle_budgets,
-    forget_cycle_budgets,
 )
 from nomic_dagster.records import ConsensusRule, Design, Goal, Outcome, Proposal
 from nomic_dagster.recovery import get_breaker_registry
@@ -46,6 +45,7 @@ from nomic_dagster_tests.fake_llm_servers import (
     server_error,
     truncated_json,
 )
+from nomic_dagster_tests.llm_env import clean_llm_env
 from nomic_dagster_tests.repo_builders import (
     build_context,
     make_repo,
@@ -60,37 +60,10 @@ ANTHROPIC_KEY = "sk-ant-api03-NOMICFAKEKEY-anthropic-7f3a9c1e5b2d4068"
 OPENAI_KEY = "sk-proj-NOMICFAKEKEY-openai-0d1e2f3a4b5c6d7e8f9a"
 KEY_MARKER = "NOMICFAKEKEY"
 
-LLM_ENV = (
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_AUTH_TOKEN",
-    "ANTHROPIC_BASE_URL",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "NOMIC_CLAUDE_MODEL",
-    "NOMIC_GPT_MODEL",
-    "NOMIC_OPENAI_MODEL",
-    "NOMIC_OPENAI_BASE_URL",
-    "NOMIC_OPENAI_API_KEY",
-    "NOMIC_OPENAI_CONTEXT_TOKENS",
-    "NOMIC_OPENAI_STRUCTURED",
-    "NOMIC_LLM_MAX_TOKENS",
-    "NOMIC_LLM_MAX_RETRIES",
-    "NOMIC_LLM_TIMEOUT_S",
-    "NOMIC_LLM_MAX_RETRY_WAIT_S",
-    "NOMIC_BUDGET_USD",
-    "NOMIC_PRICES",
-)
-
 
 @pytest.fixture(autouse=True)
 def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in LLM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "2")
-    monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
-    forget_cycle_budgets()
-    yield
-    forget_cycle_budgets()
+    yield from clean_llm_env(monkeypatch, max_retries=2)
 
 
 @pytest.fixture

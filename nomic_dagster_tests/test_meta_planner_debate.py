@@ -16,7 +16,6 @@ import pytest
 from nomic_dagster.cycle_store import get_cycle_store
 from nomic_dagster.meta_planner import VOTE_WEIGHT, MetaPlanner, PlanTarget, Priorities
 from nomic_dagster.orchestration.assets import learning_assets
-from nomic_dagster.pricing import forget_cycle_budgets
 from nomic_dagster.records import Track
 from nomic_dagster.recovery import get_breaker_registry
 from nomic_dagster_tests import llm_scripts as ls
@@ -26,11 +25,11 @@ from nomic_dagster_tests.fake_llm_servers import (
     server_error,
 )
 from nomic_dagster_tests.learning_fixtures import resources
+from nomic_dagster_tests.llm_env import clean_llm_env
 from nomic_dagster_tests.repo_builders import make_repo
 from nomic_dagster_tests.test_learning import RICH_REPO
 from nomic_dagster_tests.test_llm_agents import (
     ANTHROPIC_KEY,
-    LLM_ENV,
     use_anthropic,
     use_openai,
 )
@@ -40,13 +39,7 @@ OBJECTIVE = "Add tests for the rich module"
 
 @pytest.fixture(autouse=True)
 def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in LLM_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "0")
-    monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
-    forget_cycle_budgets()
-    yield
-    forget_cycle_budgets()
+    yield from clean_llm_env(monkeypatch, max_retries=0)
 
 
 @pytest.fixture
