@@ -220,6 +220,14 @@ class Response(BaseModel):
     instruction: ClassVar[str]
 
 
+def kind_slug(kind: str) -> str:
+    """A kind of improvement as a short slug ("Add Tests!" -> "add-tests")."""
+    slug = re.sub(r"[^a-z0-9]+", "-", kind.strip().lower()).strip("-")
+    if not slug:
+        raise ValueError("kind must be a short slug such as add-tests")
+    return slug[:40]
+
+
 def _check_repo_path(value: str) -> str:
     norm = pathrules.normalize(value)  # ValueError for "..", absolute paths
     if not norm:
@@ -249,10 +257,7 @@ class ProposalOut(BaseModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, kind: str) -> str:
-        slug = re.sub(r"[^a-z0-9]+", "-", kind.strip().lower()).strip("-")
-        if not slug:
-            raise ValueError("kind must be a short slug such as add-tests")
-        return slug[:40]
+        return kind_slug(kind)
 
 
 class ProposalsOut(Response):
@@ -350,10 +355,7 @@ class PlannedGoalOut(BaseModel):
     @field_validator("kind")
     @classmethod
     def _kind(cls, kind: str) -> str:
-        slug = re.sub(r"[^a-z0-9]+", "-", kind.strip().lower()).strip("-")
-        if not slug:
-            raise ValueError("kind must be a short slug such as add-tests")
-        return slug[:40]
+        return kind_slug(kind)
 
 
 class GoalPlanOut(Response):
