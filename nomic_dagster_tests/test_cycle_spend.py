@@ -12,6 +12,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from nomic_dagster.definitions import build_defs
 from nomic_dagster.loop import NomicLoop
 from nomic_dagster.orchestration.instance import isolated_home
 from nomic_dagster.orchestration.ops import LLM_POOL
+from nomic_dagster.orchestration.provider_pools import provider_pool
 from nomic_dagster.records import Goal, Outcome, Proposal, RepoContext
 from nomic_dagster.state_machine import create_nomic_state_machine
 from nomic_dagster_tests import agents_for_tests as ta
@@ -243,3 +245,57 @@ def test_the_llm_pool_limits_model_calling_steps_across_runs(
     assert second[0] >= first[1]  # the second debate waited for the first step's slot
     with dg.DagsterInstance.from_config(str(home)) as inst:
         assert inst.event_log_storage.get_concurrency_info(LLM_POOL).slot_count == 1
+
+
+def test_a_provider_pool_limits_concurrent_calls_across_runs(
+    tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nomic_llm_anthropic` set to 1: two claude cycles run at once (two `dagster job
+    execute` processes, one instance), and the server never has two requests in flight."""
+    script = ls.anthropic_script(ls.winning_steps("claude:1"))
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most
+
+    def slow(body: dict, request: object) -> object:
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight[1], in_flight[0])
+        time.sleep(0.3)  # the model thinking: long enough for the other run to ask too
+        with lock:
+            in_flight[0] -= 1
+        return script(body, request)  # type: ignore[arg-type]
+
+    home = isolated_home(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(home)) as inst:
+        inst.event_log_storage.set_concurrency_slots(provider_pool("anthropic"), 1)
+    with FakeAnthropicServer(slow) as server:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "NOMIC_STATE_DIR": str(state_dir),
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "ANTHROPIC_BASE_URL": server.base_url,
+        }
+        runs = []
+        for n in (1, 2):
+            repo = make_repo(tmp_path / f"target{n}", ls.CALC_REPO)
+            fields = {"repo": str(repo), "agents": ["claude"]}
+            fields["test_command"] = settings_for(repo).test_command
+            run_config = tmp_path / f"run{n}.yaml"
+            run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
+            runs.append(
+                subprocess.Popen(
+                    [DAGSTER, *EXECUTE, "-c", str(run_config)],
+                    env=env,
+                    cwd=ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        for proc in runs:
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, out[-4000:]
+        assert len(server.api_requests()) == 10  # five calls per cycle, both cycles whole
+    assert in_flight[1] == 1

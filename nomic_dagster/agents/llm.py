@@ -29,7 +29,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -119,6 +120,35 @@ class ChatBackend(Protocol):
     def secrets(self) -> list[str]:
         """Values that must never appear in anything we log, raise or return."""
         ...
+
+
+# ---------------------------------------------------------------- concurrent calls per provider
+
+
+class ProviderSlots(Protocol):
+    """Who may call a provider right now: `hold(provider)` waits for a slot and keeps it for
+    the call. The Dagster layer installs one backed by the instance's pools
+    (`nomic_llm_<provider>`), so the limit holds across runs; elsewhere there is none."""
+
+    def hold(self, provider: str) -> AbstractContextManager[None]: ...
+
+
+_provider_slots: ProviderSlots | None = None
+
+
+@contextmanager
+def provider_slots(slots: ProviderSlots | None) -> Iterator[None]:
+    """Calls made inside take their provider's slot from `slots`."""
+    global _provider_slots
+    before, _provider_slots = _provider_slots, slots
+    try:
+        yield
+    finally:
+        _provider_slots = before
+
+
+def provider_slot(provider: str) -> AbstractContextManager[None]:
+    return _provider_slots.hold(provider) if _provider_slots is not None else nullcontext()
 
 
 # ---------------------------------------------------------------- shared backend plumbing
@@ -738,7 +768,10 @@ class LLMAgent:
         )
         try:
             try:
-                result, usage = self.backend.complete(system, messages, schema, self.max_tokens)
+                with provider_slot(self.backend.provider):
+                    result, usage = self.backend.complete(
+                        system, messages, schema, self.max_tokens
+                    )
             except StructuredOutputError as exc:
                 exc.usage = self.price.priced(exc.usage)
                 error = redact(exc.detail, self._secrets())[:500]

@@ -17,6 +17,7 @@ from typing import Any
 
 import dagster as dg
 
+from nomic_dagster.agents.llm import provider_slots
 from nomic_dagster.approvals import approval_hint, design_hash
 from nomic_dagster.cycle import (
     REEXECUTABLE,
@@ -29,6 +30,7 @@ from nomic_dagster.cycle import (
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.partitions import cycles_partitions
+from nomic_dagster.orchestration.provider_pools import InstanceProviderSlots
 from nomic_dagster.orchestration.resources import (
     AGENT_RESOURCE_KEYS,
     NomicResource,
@@ -191,7 +193,10 @@ def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
                 state = with_earlier_attempts(state)
             state = state.model_copy(update={"run_id": context.run_id})
         # run_phase logs start, duration and outcome through the managed nomic_dagster logger
-        with agent_backends(context.resources):  # the agent resources, in this step's process
+        # the agent resources, in this step's process; each model call holds a slot of its
+        # provider's pool (nomic_llm_<provider>) across runs
+        slots = InstanceProviderSlots(context) if phase in LLM_PHASES else None
+        with agent_backends(context.resources), provider_slots(slots):
             new = run_phase(phase, state)
         if phase in REEXECUTABLE_PHASES and new.outcome in REEXECUTABLE:
             # This step is the failed one, so Dagster's "re-execute from failure" runs it
