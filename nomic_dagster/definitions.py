@@ -17,6 +17,7 @@ from nomic_dagster.orchestration.schedules import track_schedules
 from nomic_dagster.orchestration.sensors import (
     learning_automation_sensor,
     planner_sensor,
+    refresh_learning_job,
     reset_track_job,
     track_failure_sensor,
 )
@@ -33,7 +34,7 @@ def build_defs(resource_overrides: Mapping[str, Any] | None = None) -> dg.Defini
     return dg.Definitions(
         assets=[cycle_records, *learning_assets],
         asset_checks=learning_checks,
-        jobs=[nomic_cycle, *track_jobs, reset_track_job, nomic_approve],
+        jobs=[nomic_cycle, *track_jobs, reset_track_job, nomic_approve, refresh_learning_job],
         sensors=[planner_sensor, track_failure_sensor, learning_automation_sensor],
         schedules=track_schedules,
         resources=resources,

@@ -3,6 +3,7 @@ and the per-track schedules, evaluated against real Dagster instances."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from nomic_dagster.orchestration.schedules import schedule_name, track_schedules
 from nomic_dagster.orchestration.sensors import (
     AUTOMATION_SENSOR,
     FAILURE_SENSOR,
+    FIRST_PLAN_RUN_KEY,
     PLANNER_SENSOR,
+    REFRESH_LEARNING_JOB,
+    SENSOR_NAME_TAG,
     main,
     plan_launches,
     planner_sensor,
@@ -50,20 +54,35 @@ def materialize_priorities(
 def evaluate_planner(
     defs: dg.Definitions, instance: dg.DagsterInstance, res: dict, cursor: str | None
 ) -> dg.SensorResult | dg.SkipReason:
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=instance, definitions=defs, cursor=cursor, resources=res
-    )
-    return planner_sensor(context)
+    ) as context:  # closed: nothing it opened outlives the test's instance
+        return planner_sensor(context)
 
 
 def test_planner_sensor_launches_each_goal_once(instance, state_dir: Path, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "rich", RICH_REPO)
     res = resources(state_dir, repo=str(repo))
     defs = build_defs(res)
-    skipped = evaluate_planner(defs, instance, res, None)
-    assert isinstance(skipped, dg.SkipReason) and "not been materialized" in skipped.skip_message
+    # a fresh instance: the first tick asks for the first plan, once (the run key)
+    first = evaluate_planner(defs, instance, res, None)
+    assert isinstance(first, dg.SensorResult) and first.cursor is None
+    (request,) = first.run_requests
+    assert request.job_name == REFRESH_LEARNING_JOB and request.run_key == FIRST_PLAN_RUN_KEY
+    again_first = evaluate_planner(defs, instance, res, None)
+    assert isinstance(again_first, dg.SensorResult)
+    assert [r.run_key for r in again_first.run_requests] == [FIRST_PLAN_RUN_KEY]
 
-    priorities = materialize_priorities(instance, res)
+    # the daemon runs it (tagged with the sensor's name, as the daemon does): the three
+    # learning assets, and the next tick launches the goals of that plan
+    run = defs.resolve_job_def(request.job_name).execute_in_process(
+        instance=instance, tags={**request.tags, SENSOR_NAME_TAG: PLANNER_SENSOR}
+    )
+    assert run.success
+    assert {m.asset_key for m in run.get_asset_materialization_events() if m.asset_key} == {
+        a.key for a in learning_assets
+    }
+    priorities = run.output_for_node("meta_planner_priorities")
     assert len(priorities.goals) >= 3
     result = evaluate_planner(defs, instance, res, None)
     assert isinstance(result, dg.SensorResult)
@@ -102,6 +121,70 @@ def test_planner_sensor_launches_each_goal_once(instance, state_dir: Path, tmp_p
     assert int(fresh.cursor or 0) > int(cursor or 0)
     store = get_cycle_store(state_dir)
     assert {launch.run_key for launch in store.launches()} == {r.run_key for r in requests}
+
+
+def test_first_plan_waits_for_its_run_and_reports_a_failed_one(
+    instance, state_dir: Path, tmp_path: Path
+) -> None:
+    res = resources(state_dir)
+    defs = build_defs(res)
+    job = defs.resolve_job_def(REFRESH_LEARNING_JOB)
+    launched_by_sensor = {SENSOR_NAME_TAG: PLANNER_SENSOR}
+    created = instance.create_run_for_job(job, tags=launched_by_sensor)  # not started yet
+    waiting = evaluate_planner(defs, instance, res, None)
+    assert isinstance(waiting, dg.SkipReason)
+    assert f"waiting for the first plan: run {created.run_id[:8]}" in waiting.skip_message
+    instance.delete_run(created.run_id)
+
+    # the store folder is a file: the learning assets cannot open the cycle store
+    (tmp_path / "not_a_folder").write_text("")
+    broken = build_defs(resources(tmp_path / "not_a_folder"))
+    failed = broken.resolve_job_def(REFRESH_LEARNING_JOB).execute_in_process(
+        instance=instance, tags=launched_by_sensor, raise_on_error=False
+    )
+    assert not failed.success
+    reported = evaluate_planner(defs, instance, res, None)
+    assert isinstance(reported, dg.SkipReason)
+    message = reported.skip_message or ""
+    assert f"run {failed.run_id[:8]} of {REFRESH_LEARNING_JOB}) ended FAILURE" in message
+    assert "Materialize all" in message  # the fix
+
+
+def record_automation_tick(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    """Evaluate the automation conditions and store the evaluation, as the automation
+    sensor's tick does (the daemon is not running here)."""
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert instance.schedule_storage is not None
+    newest = instance.schedule_storage.get_auto_materialize_asset_evaluations(
+        dg.AssetKey("meta_planner_priorities"), limit=1
+    )
+    instance.schedule_storage.add_auto_materialize_asset_evaluations(
+        newest[0].evaluation_id + 1 if newest else 1,
+        [r.serializable_evaluation.with_run_ids(set()) for r in result.results],
+    )
+
+
+def test_goals_wait_for_an_automation_tick_after_their_plan(
+    instance, state_dir: Path, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "rich", RICH_REPO)
+    res = resources(state_dir, repo=str(repo))
+    defs = build_defs(res)
+    record_automation_tick(defs, instance)  # the automation sensor runs (ticked before)
+    materialize_priorities(instance, res)
+    held = evaluate_planner(defs, instance, res, None)
+    assert isinstance(held, dg.SkipReason)
+    assert f"waiting for {AUTOMATION_SENSOR}" in (held.skip_message or "")
+    # evaluations are stored to the second: the next tick is a second later
+    planned_at = (
+        instance.fetch_materializations(dg.AssetKey("meta_planner_priorities"), limit=1)
+        .records[0]
+        .timestamp
+    )
+    time.sleep(max(0.0, int(planned_at) + 1.05 - time.time()))
+    record_automation_tick(defs, instance)
+    launched = evaluate_planner(defs, instance, res, None)
+    assert isinstance(launched, dg.SensorResult) and len(launched.run_requests) >= 3
 
 
 def _bad_input_run(defs: dg.Definitions, instance, tmp_path: Path) -> dg.ExecuteInProcessResult:

@@ -1,12 +1,12 @@
 """Autonomy under `dagster dev`: the webserver, the daemon and a code server in a
 subprocess, on a temporary instance, planning for a small target repository.
 
-A person does two things over GraphQL, as in the UI: materializes the learning assets once
-(on a fresh instance there is no cycle record yet, so their eager automation has nothing
-to react to) and switches the planner sensor on. From there the system runs by itself:
-the daemon launches the planner's goals as queued cycle runs held to the track's run
-limit, a cycle commits, the automation sensor refreshes the learning tables and the
-priorities from it. The asset graph is read back over GraphQL.
+A person does one thing over GraphQL, as in the UI: switches the planner sensor on. From
+there the system runs by itself: on the fresh instance the sensor launches the first plan
+(the `nomic_refresh_learning` job, once), on a later tick the planner's goals as queued
+cycle runs held to the track's run limit, a cycle commits, the automation sensor
+refreshes the learning tables and the priorities from it. The asset graph is read back
+over GraphQL.
 """
 
 from __future__ import annotations
@@ -32,7 +32,13 @@ import pytest
 import yaml
 
 from nomic_dagster.orchestration.instance import isolated_home
-from nomic_dagster.orchestration.sensors import AUTOMATION_SENSOR, PLANNER_SENSOR
+from nomic_dagster.orchestration.sensors import (
+    AUTOMATION_SENSOR,
+    FIRST_PLAN_RUN_KEY,
+    PLANNER_SENSOR,
+    REFRESH_LEARNING_JOB,
+    SENSOR_NAME_TAG,
+)
 from nomic_dagster_tests.repo_builders import FAST_TEST_COMMAND, GIT_ENV, make_repo
 
 pytestmark = pytest.mark.slow
@@ -79,22 +85,6 @@ ASSET_GRAPH = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"
 REPOSITORIES = (
     "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 )
-LAUNCH_RUN = """
-mutation($p: ExecutionParams!) {
-  launchRun(executionParams: $p) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-  }
-}
-"""
-SENSOR_TICKS = """
-query($s: SensorSelector!) {
-  sensorOrError(sensorSelector: $s) {
-    ... on Sensor { sensorState { ticks(limit: 1) { timestamp status } } }
-  }
-}
-"""
 LEARNING_ASSETS = ["agent_performance", "pattern_reinforcements", "meta_planner_priorities"]
 START_SENSOR = """
 mutation($s: SensorSelector!) {
@@ -239,42 +229,8 @@ def test_dagster_dev_plans_launches_and_learns_by_itself(
             "repositoryLocationName": nodes[0]["location"]["name"],
             "repositoryName": nodes[0]["name"],
         }
-        # a person asks for the first plan (the UI's "Materialize all" in nomic_learning)
-        launched = server.graphql(
-            LAUNCH_RUN,
-            {
-                "p": {
-                    "selector": {
-                        **where,
-                        "jobName": "__ASSET_JOB",
-                        "assetSelection": [{"path": [key]} for key in LEARNING_ASSETS],
-                    },
-                    "runConfigData": {"execution": {"config": {"in_process": {}}}},
-                }
-            },
-        )["launchRun"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        planned = wait_for(
-            "the first meta_planner_priorities",
-            lambda: materializations(instance, "meta_planner_priorities"),
-            60,
-            server.log,
-        )[0].timestamp
-
-        # Eager automation counts an upstream update as handled when the asset itself was
-        # materialized in the same tick window, so the first cycles must land after the
-        # automation sensor's next tick (as they would whenever a person is slower than
-        # a tick): wait for it.
-        def ticked_since(when: float) -> bool:
-            ticks = server.graphql(SENSOR_TICKS, {"s": {**where, "sensorName": AUTOMATION_SENSOR}})
-            return any(
-                t["timestamp"] > when for t in ticks["sensorOrError"]["sensorState"]["ticks"]
-            )
-
-        wait_for("an automation tick", lambda: ticked_since(planned), 45, server.log)
-        assert not instance.get_run_records(dg.RunsFilter(tags={"nomic/trigger": "planner"}))
-
-        # and switches autonomy on (the UI's toggle is this mutation)
+        assert not materializations(instance, "meta_planner_priorities")  # a fresh instance
+        # a person switches autonomy on (the UI's toggle is this mutation); nothing else
         selector = {**where, "sensorName": PLANNER_SENSOR}
         started_sensor = server.graphql(START_SENSOR, {"s": selector})["startSensor"]
         assert started_sensor["sensorState"]["status"] == "RUNNING", started_sensor
@@ -303,6 +259,26 @@ def test_dagster_dev_plans_launches_and_learns_by_itself(
 
         committed = wait_for("a committed planner cycle", one_committed, 90, server.log)
         assert 1 <= len(planner_runs) <= 2  # max_goals
+        # the first plan came from the planner sensor, once, though it ticked again since
+        first_plans = instance.get_run_records(dg.RunsFilter(job_name=REFRESH_LEARNING_JOB))
+        assert len(first_plans) == 1
+        first_plan = first_plans[0].dagster_run
+        assert first_plan.tags[SENSOR_NAME_TAG] == PLANNER_SENSOR
+        assert first_plan.tags["dagster/run_key"] == FIRST_PLAN_RUN_KEY
+        assert first_plan.status == dg.DagsterRunStatus.SUCCESS
+        # its goals waited for an automation tick after the plan, so their cycle records land
+        # in a later automation window than the plan's own materialization (sensors.py)
+        plan_at = next(
+            m.timestamp
+            for m in materializations(instance, "meta_planner_priorities")
+            if m.run_id == first_plan.run_id
+        )
+        launched_at = min(r.create_timestamp.timestamp() for r in planner_runs)
+        assert instance.schedule_storage is not None
+        evaluations = instance.schedule_storage.get_auto_materialize_asset_evaluations(
+            dg.AssetKey("meta_planner_priorities"), limit=100
+        )
+        assert any(plan_at < e.timestamp < launched_at for e in evaluations)
         for run in planner_runs:
             tags = run.dagster_run.tags
             assert tags["nomic/trigger"] == "planner" and tags["nomic/track"] == TRACK

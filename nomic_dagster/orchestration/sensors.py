@@ -10,6 +10,15 @@ the automation sensor that refreshes the learning assets.
   queued: the instance's run queue holds each track to its limit (dagster.yaml).
   Autonomous goals are held back by the stopping rules (`nomic_dagster.stopping`) and by
   a paused track; a goal a person asked for is not (W6).
+  On a fresh instance there are no priorities yet, and the learning assets' eager
+  automation waits for a first cycle record, so the sensor makes the first plan itself:
+  it launches the `nomic_refresh_learning` asset job once (run key `nomic-first-plan`),
+  and a later tick launches the goals of that materialization. Should that run fail, the
+  sensor says so on every tick instead of retrying (the fix is a person's).
+  Goals of a new materialization wait until the automation sensor has evaluated the
+  learning assets after it (at most `AUTOMATION_WAIT_LIMIT_S`): eager automation treats a
+  cycle record that lands in the same tick window as the assets' own materialization as
+  handled, so a cycle launched sooner could leave the learning tables without its record.
 - `nomic_track_failure_sensor` (RUNNING) records every failed cycle run in the cycle store
   and, after `failure_threshold` failed runs in a row on a track (default 3, counted in the
   instance's run history since the track's last reset), pauses the track: the planner
@@ -24,6 +33,7 @@ No `from __future__ import annotations` here: Dagster reads the annotations at r
 import argparse
 import getpass
 import sys
+import time
 from collections.abc import Sequence
 
 import dagster as dg
@@ -52,7 +62,21 @@ from nomic_dagster.stopping import StopDecision, applies_to, should_stop
 PLANNER_SENSOR = "nomic_planner_sensor"
 FAILURE_SENSOR = "nomic_track_failure_sensor"
 AUTOMATION_SENSOR = "nomic_learning_automation"
+REFRESH_LEARNING_JOB = "nomic_refresh_learning"
+FIRST_PLAN_RUN_KEY = "nomic-first-plan"
 CYCLE_JOB_NAMES = frozenset({nomic_cycle.name, *(j.name for j in track_jobs)})
+SENSOR_NAME_TAG = "dagster/sensor_name"  # Dagster tags every run a sensor launched with it
+# how long goals wait for the automation sensor (a few of its 30 s ticks): longer means it
+# is stopped or stuck, and launching beats waiting forever
+AUTOMATION_WAIT_LIMIT_S = 120.0
+
+refresh_learning_job = dg.define_asset_job(
+    REFRESH_LEARNING_JOB,
+    selection=dg.AssetSelection.assets(*learning_assets),
+    description="Recompute agent_performance, pattern_reinforcements and "
+    "meta_planner_priorities. The planner sensor launches it once on a fresh instance "
+    "(the first plan); afterwards the automation sensor refreshes them after every cycle.",
+)
 
 
 def job_for(track: Track) -> str:
@@ -143,25 +167,90 @@ def run_request_for(goal: PrioritizedGoal, planner: PlannerResource) -> dg.RunRe
     )
 
 
+def last_automation_evaluation(instance: dg.DagsterInstance) -> float | None:
+    """When the automation sensor last evaluated meta_planner_priorities (None: never, e.g.
+    an instance without a daemon). Every tick stores an evaluation, requested or not."""
+    storage = instance.schedule_storage
+    if storage is None:
+        return None
+    records = storage.get_auto_materialize_asset_evaluations(META_PLANNER_PRIORITIES, limit=1)
+    return records[0].timestamp if records else None
+
+
+def first_plan(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """No priorities yet: launch the learning assets' job once (the run key keeps the daemon
+    from launching it again), or say why nothing is launched while that run is under way or
+    after it failed."""
+    launched = context.instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=REFRESH_LEARNING_JOB, tags={SENSOR_NAME_TAG: PLANNER_SENSOR}
+        ),
+        limit=1,
+    )
+    if launched:
+        run = launched[0].dagster_run
+        if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            return dg.SkipReason(
+                f"the first plan (run {run.run_id[:8]} of {REFRESH_LEARNING_JOB}) ended "
+                f"{run.status.value}; see that run's logs, fix the cause, then materialize "
+                "the nomic_learning assets once (Assets -> Materialize all) or re-execute it"
+            )
+        if not run.is_finished:
+            return dg.SkipReason(
+                f"waiting for the first plan: run {run.run_id[:8]} of {REFRESH_LEARNING_JOB} "
+                f"is {run.status.value}"
+            )
+    reason = (
+        "meta_planner_priorities has never been materialized (and the learning assets' "
+        "automation waits for a first cycle record): launching "
+        f"{REFRESH_LEARNING_JOB} once for the first plan"
+    )
+    context.log.info(reason)
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=FIRST_PLAN_RUN_KEY,
+                job_name=REFRESH_LEARNING_JOB,
+                tags={TRIGGER_TAG: "first-plan"},
+            )
+        ]
+    )
+
+
 @dg.sensor(
     name=PLANNER_SENSOR,
-    jobs=track_jobs,
-    minimum_interval_seconds=60,
+    jobs=[*track_jobs, refresh_learning_job],
+    # twice per automation tick: goals wait for one after their plan (see the docstring)
+    minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.STOPPED,
     description="Launch one cycle per goal of the newest meta_planner_priorities on its "
     "track's job (queued; per-track run limits apply). Stopping rules and paused tracks "
-    "hold back autonomous goals, never a user's.",
+    "hold back autonomous goals, never a user's. On a fresh instance it first launches "
+    "nomic_refresh_learning once for the first plan.",
 )
 def planner_sensor(
     context: dg.SensorEvaluationContext, planner: PlannerResource, nomic: NomicResource
 ):
     found = context.instance.fetch_materializations(META_PLANNER_PRIORITIES, limit=1).records
     if not found:
-        return dg.SkipReason("meta_planner_priorities has not been materialized yet")
+        return first_plan(context)
     storage_id = found[0].storage_id
     last = int(context.cursor) if context.cursor else -1
     if storage_id <= last:
         return dg.SkipReason(f"no new priorities since materialization {last}")
+    materialized_at = found[0].timestamp
+    evaluated_at = last_automation_evaluation(context.instance)
+    waited = time.time() - materialized_at
+    if (
+        evaluated_at is not None
+        and evaluated_at <= materialized_at
+        and waited < AUTOMATION_WAIT_LIMIT_S
+    ):
+        return dg.SkipReason(
+            f"waiting for {AUTOMATION_SENSOR} to evaluate the learning assets after "
+            f"materialization {storage_id} ({waited:.0f}s ago), so the records of the cycles "
+            "launched now land in a later automation window and refresh them"
+        )
     priorities = context.repository_def.load_asset_value(
         META_PLANNER_PRIORITIES, instance=context.instance
     )
