@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -39,6 +40,19 @@ def _isolated_env(
 def _fresh_breakers() -> None:
     """Circuit breakers are process-wide; a test starts with none (agents share names)."""
     get_breaker_registry().clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage() -> Iterator[None]:
+    """Entering a DagsterInstance sets a process-wide "current defs state storage"; a context
+    built from an instance and never exited (build_schedule_context, ...) leaves it pointing
+    at a disposed instance, and every later `Definitions` load then fails ("undefined
+    DagsterInstance weakref"). Each test starts with none, whatever ran before it."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    _current_storage.set(None)
+    yield
+    _current_storage.set(None)
 
 
 @pytest.fixture

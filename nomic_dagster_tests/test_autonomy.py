@@ -252,9 +252,10 @@ def test_failure_sensor_pauses_a_track_after_n_failures_until_reset(
     assert [g.goal for g in plan.launch] == ["dev goal"]
     assert "track qa is paused" in plan.held_back[0].reason
     tick = defs.resolve_schedule_def(schedule_name(Track.QA))
-    skipped = tick(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=WHEN, resources=res)
-    )
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=WHEN, resources=res
+    ) as tick_context:
+        skipped = tick(tick_context)
     assert isinstance(skipped, dg.SkipReason) and "paused" in skipped.skip_message
 
     # a person resets it: from the command line...
@@ -344,9 +345,10 @@ def test_w6_stopping_rules_hold_autonomous_goals_but_never_a_user_goal(
     assert request.run_config["ops"]["context_op"]["config"]["goal"] == user.goal
     # the same rules stop the schedules, which are autonomous too
     tick = defs.resolve_schedule_def(schedule_name(Track.DEVELOPER))
-    held = tick(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=WHEN, resources=res)
-    )
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=WHEN, resources=res
+    ) as tick_context:
+        held = tick(tick_context)
     assert isinstance(held, dg.SkipReason) and "budget_spent" in held.skip_message
     # and a paused track does not hold back what a person asked for either
     store.pause_track("qa", "3 failed runs")
@@ -369,9 +371,10 @@ def test_schedules_exist_per_track_stopped_and_tick_with_the_tracks_tags(
         assert schedule.cron_schedule == "0 3 * * *" and schedule.execution_timezone == "UTC"
     assert len(track_schedules) == len(Track)
     schedule = defs.resolve_schedule_def(schedule_name(Track.SECURITY))
-    request = schedule(
-        dg.build_schedule_context(instance=instance, scheduled_execution_time=WHEN, resources=res)
-    )
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=WHEN, resources=res
+    ) as tick_context:
+        request = schedule(tick_context)
     assert isinstance(request, dg.RunRequest)
     assert request.tags["nomic/track"] == "security" and request.tags["nomic/trigger"] == "schedule"
     assert request.tags["nomic/cycle_id"] == request.run_key == "s-security-20260301T0300"
