@@ -496,7 +496,8 @@ def finish_cycle(state: CycleState) -> CycleRecord:
     from nomic_dagster.approvals import settle  # approvals builds on this module
 
     settle(state_dir(state.settings), record)  # an approved or rejected cycle is no longer pending
-    store_cycle(state, record)  # the learning record for the cycle store; never raises
+    if not state.settings.replay_from:  # a replay reproduces a cycle: it teaches nothing new
+        store_cycle(state, record)  # the learning record for the cycle store; never raises
     cycle_span = tracer.start_span(
         "nomic.cycle",
         start_time=int(record.started_at.timestamp() * 1e9),

@@ -371,20 +371,25 @@ class Spend(BaseModel):
     llm_calls: int = 0
     cost_by_phase: dict[str, float] = Field(default_factory=dict)
     cost_by_agent: dict[str, float] = Field(default_factory=dict)
+    tokens_by_phase: dict[str, int] = Field(default_factory=dict)
+    tokens_by_agent: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, calls: list[LLMCall]) -> Spend:
-        by_phase: dict[str, float] = {}
-        by_agent: dict[str, float] = {}
+        usd: dict[str, dict[str, float]] = {"phase": {}, "agent": {}}
+        tokens: dict[str, dict[str, int]] = {"phase": {}, "agent": {}}
         for c in calls:
-            by_phase[c.phase or "?"] = round(by_phase.get(c.phase or "?", 0.0) + c.usage.usd, 8)
-            by_agent[c.agent] = round(by_agent.get(c.agent, 0.0) + c.usage.usd, 8)
+            for by, key in (("phase", c.phase or "?"), ("agent", c.agent)):
+                usd[by][key] = round(usd[by].get(key, 0.0) + c.usage.usd, 8)
+                tokens[by][key] = tokens[by].get(key, 0) + c.usage.total_tokens
         return cls(
             cost_usd=round(sum(c.usage.usd for c in calls), 8),
             tokens=sum(c.usage.total_tokens for c in calls),
             llm_calls=len(calls),
-            cost_by_phase=by_phase,
-            cost_by_agent=by_agent,
+            cost_by_phase=usd["phase"],
+            cost_by_agent=usd["agent"],
+            tokens_by_phase=tokens["phase"],
+            tokens_by_agent=tokens["agent"],
         )
 
 

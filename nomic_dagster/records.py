@@ -442,6 +442,8 @@ class CycleRecord(Record):
     llm_calls: int = 0
     cost_by_phase: dict[str, float] = Field(default_factory=dict)  # USD per phase
     cost_by_agent: dict[str, float] = Field(default_factory=dict)  # USD per agent
+    tokens_by_phase: dict[str, int] = Field(default_factory=dict)
+    tokens_by_agent: dict[str, int] = Field(default_factory=dict)
     phase_durations: dict[str, float] = Field(default_factory=dict)
     cassette: str | None = None  # the cassette of its LLM calls (agents/cassette.py), if any
     started_at: datetime

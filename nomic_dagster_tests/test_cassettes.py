@@ -41,6 +41,7 @@ from nomic_dagster.agents.replay import (
     replay_panel,
 )
 from nomic_dagster.cycle import CycleState, drive_cycle, finish_cycle
+from nomic_dagster.cycle_store import get_cycle_store
 from nomic_dagster.errors import BadInput
 from nomic_dagster.pricing import DEFAULT_PRICES, Usage
 from nomic_dagster.records import CycleRecord, Outcome, utcnow
@@ -139,6 +140,9 @@ def test_a_recorded_cycle_replays_to_the_same_decisions_and_diff(
 
     assert again.outcome is Outcome.COMMITTED, again.reason
     assert again.cycle_id != record.cycle_id
+    # the replay reproduces a cycle: the learning store keeps the original only
+    store = get_cycle_store()
+    assert store.get(record.cycle_id) is not None and store.get(again.cycle_id) is None
     # the same decisions: proposals, critiques, both ballots, the winner, the design
     assert debate_decisions(replayed) == debate_decisions(recorded)
     assert (again.winner, again.winner_agent, again.first_round_winner) == (

@@ -106,6 +106,8 @@ def test_multiprocess_run_records_every_call_and_its_phase(
     assert set(record.cost_by_phase) == {"debate", "design", "implement"}
     assert sum(record.cost_by_phase.values()) == pytest.approx(record.cost_usd)
     assert record.cost_usd > 0 and set(record.cost_by_agent) == {"claude", "gpt"}
+    assert sum(record.tokens_by_phase.values()) == record.tokens > 0
+    assert sum(record.tokens_by_agent.values()) == record.tokens
 
     # The UI shows each phase's own cost on its step's output.
     step_cost = {}

@@ -769,9 +769,7 @@ class LLMAgent:
         try:
             try:
                 with provider_slot(self.backend.provider):
-                    result, usage = self.backend.complete(
-                        system, messages, schema, self.max_tokens
-                    )
+                    result, usage = self.backend.complete(system, messages, schema, self.max_tokens)
             except StructuredOutputError as exc:
                 exc.usage = self.price.priced(exc.usage)
                 error = redact(exc.detail, self._secrets())[:500]
@@ -781,6 +779,10 @@ class LLMAgent:
                 error = redact(str(exc), self._secrets())[:500]
                 call = call.model_copy(update={"ok": False, "error": error})
                 raise self._fail(step, str(exc)) from None
+            except Exception as exc:  # e.g. a replay that drifted: no answer, not a success
+                error = redact(f"{type(exc).__name__}: {exc}", self._secrets())[:500]
+                call = call.model_copy(update={"ok": False, "error": error})
+                raise
             # No usage in the answer: the cost is unknown, so the reservation is charged.
             priced = self.price.priced(usage) if usage is not None else Usage(usd=round(worst, 8))
             call = call.model_copy(update={"usage": priced})

@@ -264,6 +264,8 @@ def record_metadata(record: CycleRecord) -> dict[str, Any]:
         "llm_calls": record.llm_calls,
         "cost_by_phase": dg.MetadataValue.json(record.cost_by_phase),
         "cost_by_agent": dg.MetadataValue.json(record.cost_by_agent),
+        "tokens_by_phase": dg.MetadataValue.json(record.tokens_by_phase),
+        "tokens_by_agent": dg.MetadataValue.json(record.tokens_by_agent),
         "cassette": dg.MetadataValue.path(record.cassette) if record.cassette else "",
         "phase_durations_s": dg.MetadataValue.json(record.phase_durations),
         "duration_s": round(record.duration_s, 3),
