@@ -111,14 +111,19 @@ def test_multiprocess_run_records_every_call_and_its_phase(
 
     # The UI shows each phase's own cost on its step's output.
     step_cost = {}
+    call_rows = 0
     for event in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
         data = event.dagster_event.event_specific_data
         md = {k: v.value for k, v in data.metadata.items()}
         if "cost_usd" in md:
             step_cost[event.step_key] = md["cost_usd"]
+            call_rows += sum(
+                line.startswith(("| claude ", "| gpt ")) for line in md["calls"].splitlines()
+            )
     assert set(step_cost) == {"debate_op", "design_op", "implement_op"}
     assert step_cost["debate_op"] == pytest.approx(record.cost_by_phase["debate"])
     assert sum(step_cost.values()) == pytest.approx(record.cost_usd)
+    assert call_rows == record.llm_calls  # each call is a row of its step's `calls` table
 
 
 def test_the_budget_spans_phases_run_in_child_processes(tmp_path: Path, servers) -> None:

@@ -37,7 +37,7 @@ from nomic_dagster.orchestration.resources import (
     agent_backends,
 )
 from nomic_dagster.phases.debate import counterfactual_markdown, rounds_markdown
-from nomic_dagster.pricing import Spend
+from nomic_dagster.pricing import LLMCall, Spend
 from nomic_dagster.records import CycleRecord, Outcome, Phase, Track
 from nomic_dagster.state_machine import prepare_workspace
 
@@ -71,9 +71,12 @@ def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
         md["outcome"] = s.outcome.value if s.outcome else ""
         md["reason"] = s.reason
     if phase in LLM_PHASES:  # what this phase's model calls cost (0 for offline agents)
-        spend = Spend.of([c for c in s.llm_calls if c.phase == phase.value])
+        calls = [c for c in s.llm_calls if c.phase == phase.value]
+        spend = Spend.of(calls)
         md |= {"cost_usd": spend.cost_usd, "tokens": spend.tokens, "llm_calls": spend.llm_calls}
-        md["cycle_cost_usd"] = round(sum(c.usage.usd for c in s.llm_calls), 8)
+        md["cycle_cost_usd"] = s.spent_usd
+        if calls:
+            md["calls"] = dg.MetadataValue.md(calls_table(calls))
     if phase is Phase.CONTEXT and s.context:
         c = s.context
         md |= {
@@ -135,6 +138,22 @@ def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
     elif phase is Phase.COMMIT and s.commit:
         md |= {"commit": s.commit.sha, "branch": s.commit.branch, "merged": s.commit.merged}
     return md
+
+
+def calls_table(calls: list[LLMCall]) -> str:
+    """Every model call of a phase, as the UI shows it."""
+    rows = [
+        "| agent | step | model | input | cache read | cache write | output | USD | ok |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in calls:
+        u = c.usage
+        rows.append(
+            f"| {c.agent} | {c.step} | {c.model} | {u.input_tokens} | {u.cache_read_tokens} "
+            f"| {u.cache_write_tokens} | {u.output_tokens} | {u.usd:.6f} | "
+            f"{'yes' if c.ok else 'no: ' + c.error[:80].replace('|', '/')} |"
+        )
+    return "\n".join(rows)
 
 
 def _emit(phase: Phase, state: CycleState) -> Iterator[dg.Output]:
