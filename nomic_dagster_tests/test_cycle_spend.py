@@ -189,6 +189,34 @@ def test_a_loop_budget_spans_its_cycles(tmp_path: Path, servers) -> None:
 # ---------------------------------------------------------------- the model-call pool
 
 
+def run_two_cycles_at_once(
+    tmp_path: Path, files: dict[str, str], agents: list[str], env: dict[str, str]
+) -> None:
+    """Two `dagster job execute -j nomic_cycle` processes started together, each on its own
+    copy of `files`; both must succeed."""
+    runs = []
+    for n in (1, 2):
+        repo = make_repo(tmp_path / f"target{n}", files)
+        fields = {"repo": str(repo), "agents": agents}
+        fields["test_command"] = settings_for(repo).test_command
+        run_config = tmp_path / f"run{n}.yaml"
+        run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
+        runs.append(
+            subprocess.Popen(
+                [DAGSTER, *EXECUTE, "-c", str(run_config)],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for proc in runs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-4000:]
+
+
 class TimedAgent(ta.ScriptedAgent):
     """A good agent whose proposal takes a second, as a model call would; it writes when
     each call started and ended to $NOMIC_TEST_INTERVALS."""
@@ -225,27 +253,7 @@ def test_the_llm_pool_limits_model_calling_steps_across_runs(
     job = build_defs().get_job_def("nomic_cycle")
     assert {job.graph.node_named(f"{p}_op").definition.pool for p in LLM_PHASES_OPS} == {LLM_POOL}
 
-    runs = []
-    for n in (1, 2):
-        repo = make_repo(tmp_path / f"target{n}", ta.GATE_REPO)
-        fields = {"repo": str(repo), "agents": [f"{__name__}:TimedAgent"]}
-        fields["test_command"] = settings_for(repo).test_command
-        run_config = tmp_path / f"run{n}.yaml"
-        run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
-        runs.append(
-            subprocess.Popen(
-                [DAGSTER, *EXECUTE, "-c", str(run_config)],
-                env=env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    for proc in runs:
-        out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, out[-4000:]
+    run_two_cycles_at_once(tmp_path, ta.GATE_REPO, [f"{__name__}:TimedAgent"], env)
     first, second = sorted(
         tuple(map(float, line.split())) for line in intervals.read_text().splitlines()
     )
@@ -283,26 +291,6 @@ def test_a_provider_pool_limits_concurrent_calls_across_runs(
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
             "ANTHROPIC_BASE_URL": server.base_url,
         }
-        runs = []
-        for n in (1, 2):
-            repo = make_repo(tmp_path / f"target{n}", ls.CALC_REPO)
-            fields = {"repo": str(repo), "agents": ["claude"]}
-            fields["test_command"] = settings_for(repo).test_command
-            run_config = tmp_path / f"run{n}.yaml"
-            run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
-            runs.append(
-                subprocess.Popen(
-                    [DAGSTER, *EXECUTE, "-c", str(run_config)],
-                    env=env,
-                    cwd=ROOT,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        for proc in runs:
-            out, _ = proc.communicate(timeout=300)
-            assert proc.returncode == 0, out[-4000:]
+        run_two_cycles_at_once(tmp_path, ls.CALC_REPO, ["claude"], env)
         assert len(server.api_requests()) == 10  # five calls per cycle, both cycles whole
     assert in_flight[1] == 1
