@@ -31,12 +31,12 @@ from nomic_dagster.phases.design import check_scope, design_change, winning_agen
 from nomic_dagster.phases.implement import implement_design
 from nomic_dagster.phases.verify import verify_change
 from nomic_dagster.pricing import (
+    Budget,
     BudgetExhausted,
     LLMCall,
     Spend,
     budget_from_env,
     cycle_budget,
-    cycle_budgets,
     open_cycle_budget,
 )
 from nomic_dagster.records import (
@@ -333,7 +333,7 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         return state
     log.info("cycle %s: %s started", state.cycle_id, phase.value)
     started = time.perf_counter()
-    budget = open_cycle_budget(budget_key(state), budget_limit(state.settings), state.spent_usd)
+    budget: Budget | None = None
     error: str | None = None
     with span(
         f"nomic.phase.{phase.value}",
@@ -343,6 +343,10 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
     ) as current:
         bus.emit(EventType.PHASE_STARTED, state.cycle_id, phase=phase.value)
         try:
+            # the phase's budget, seeded with what the cycle already spent (BadInput for
+            # a bad $NOMIC_BUDGET_USD ends the cycle like any bad input)
+            limit = budget_limit(state.settings)
+            budget = open_cycle_budget(budget_key(state), limit, state.spent_usd)
             new = STEPS[phase](state)
         except BadInput as exc:
             new = state.end(Outcome.BAD_INPUT, str(exc), phase)
@@ -368,11 +372,9 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         if new.outcome is not None:
             current.set_attribute("nomic.outcome", new.outcome.value)
     elapsed = round(time.perf_counter() - started, 3)
-    # The calls this phase made, whatever key the agents found the budget under (CONTEXT
-    # opens the worktree, so the key can change during the phase).
-    made = [*budget.calls]
-    if budget_key(new) != budget_key(state) and (later := cycle_budgets().get(budget_key(new))):
-        made += later.calls
+    # The calls this phase made (CONTEXT makes none, so the key its new worktree brings
+    # does not matter).
+    made = budget.calls if budget is not None else []
     calls = [c.model_copy(update={"phase": phase.value}) for c in made]
     new = new.model_copy(
         update={

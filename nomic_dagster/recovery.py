@@ -525,11 +525,13 @@ def guarded_call(
     cycle_id: str | None = None,
 ) -> T:
     """Call an agent step through its breaker in the process-wide registry. A call the
-    budget refused is not the agent's failure, so it never counts toward opening."""
+    budget refused, or bad input (a missing key, a replay whose prompt drifted), is not
+    the agent's failure, so it never counts toward opening its breaker."""
+    from nomic_dagster.errors import BadInput
     from nomic_dagster.pricing import BudgetExhausted
 
     breaker = get_breaker_registry().get_or_create(agent_id)
-    return breaker.call(fn, benign=(*benign, BudgetExhausted), cycle_id=cycle_id)
+    return breaker.call(fn, benign=(*benign, BudgetExhausted, BadInput), cycle_id=cycle_id)
 
 
 # ---------------------------------------------------------------- the manager

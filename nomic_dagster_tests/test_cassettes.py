@@ -45,6 +45,7 @@ from nomic_dagster.cycle_store import get_cycle_store
 from nomic_dagster.errors import BadInput
 from nomic_dagster.pricing import DEFAULT_PRICES, Usage
 from nomic_dagster.records import CycleRecord, Outcome, utcnow
+from nomic_dagster.recovery import get_breaker_registry
 from nomic_dagster.settings import CycleSettings, state_dir
 from nomic_dagster.state_machine import NomicStateMachine, create_nomic_state_machine
 from nomic_dagster_tests import llm_scripts as ls
@@ -198,6 +199,8 @@ def test_a_changed_target_is_prompt_drift_that_ends_the_replay(
     assert "(base commit" in again.reason
     assert "fix: replay against the target commit" in again.reason
     assert replayed.debate is None  # the debate ended at its first call
+    # a drifted replay is bad input, not the agent failing: its breaker counts nothing
+    assert get_breaker_registry().get_or_create("claude").failures == 0
     # only the recorded cycle's branch exists
     assert run_git(calc_repo, "branch", "--list", "nomic/*").split() == [record.branch]
 

@@ -21,7 +21,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from nomic_dagster.cycle import drive_cycle, finish_cycle
+from nomic_dagster.cycle import drive_cycle, finish_cycle, run_cycle
 from nomic_dagster.definitions import build_defs
 from nomic_dagster.loop import NomicLoop
 from nomic_dagster.orchestration.instance import isolated_home
@@ -294,3 +294,14 @@ def test_a_provider_pool_limits_concurrent_calls_across_runs(
         run_two_cycles_at_once(tmp_path, ls.CALC_REPO, ["claude"], env)
         assert len(server.api_requests()) == 10  # five calls per cycle, both cycles whole
     assert in_flight[1] == 1
+
+
+def test_a_budget_variable_that_is_not_a_number_is_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOMIC_BUDGET_USD", "ten dollars")
+    repo = make_repo(tmp_path / "target", ta.GATE_REPO)
+    record = run_cycle(settings_for(repo, agents=[ta.spec(ta.GoodAgent)]))
+    assert record.outcome is Outcome.BAD_INPUT and record.base_sha is None
+    assert "NOMIC_BUDGET_USD='ten dollars' is not a number" in record.reason
+    assert "fix:" in record.reason
