@@ -160,8 +160,9 @@ class ApprovalStore:
 
     def park(self, state: CycleState) -> ParkedCycle:
         """Keep the post-design state of a cycle awaiting approval. Parking the same cycle
-        again (a re-run) replaces its state; earlier decisions then name another design
-        hash, so they no longer count."""
+        again (a re-run) replaces its state: an approval of the same design stands, one of
+        another design no longer counts. A cycle already running, rejected or finished is
+        never reopened."""
         if state.design is None:
             raise BadInput(
                 f"cycle {state.cycle_id} has no design to approve",
@@ -174,11 +175,23 @@ class ApprovalStore:
                 """INSERT INTO approval_cycles
                        (cycle_id, status, design_hash, state_json, parked_at, updated_at)
                    VALUES (?, 'awaiting', ?, ?, ?, ?)
-                   ON CONFLICT (cycle_id) DO UPDATE SET status = 'awaiting',
+                   ON CONFLICT (cycle_id) DO UPDATE SET
+                       status = CASE WHEN approval_cycles.design_hash = excluded.design_hash
+                                THEN approval_cycles.status ELSE 'awaiting' END,
                        design_hash = excluded.design_hash, state_json = excluded.state_json,
                        parked_at = excluded.parked_at, updated_at = excluded.updated_at,
-                       outcome = NULL""",
+                       outcome = NULL
+                   WHERE approval_cycles.status IN ('awaiting', 'approved')""",
                 (state.cycle_id, digest, state.model_dump_json(), now, now),
+            )
+            (status,) = db.execute(
+                "SELECT status FROM approval_cycles WHERE cycle_id = ?", (state.cycle_id,)
+            ).fetchone()
+        if status not in ("awaiting", "approved"):
+            raise BadInput(
+                f"cycle {state.cycle_id} is already {status}: its design cannot wait for "
+                "approval again",
+                "start a new cycle (a new cycle id) for a new design",
             )
         parked = self.get(state.cycle_id)
         assert parked is not None
@@ -324,6 +337,7 @@ class ApprovalStore:
                 raise BadInput(f"cycle {cycle_id} is {status}, not approved", hint)
             state = CycleState.model_validate_json(state_json)
             assert state.design is not None
+            # the state that will run must be exactly the approved design, as it hashes now
             current = design_hash(state.design)
             if current != latest.design_hash or current != stored_hash:
                 raise BadInput(
@@ -344,12 +358,22 @@ class ApprovalStore:
             )
         return state, latest
 
+    def release(self, cycle_id: str) -> None:
+        """Give back a claim whose run did not get going (it failed or was interrupted
+        before IMPLEMENT ran): the cycle is approved again, for the next `nomic approve`."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE approval_cycles SET status = 'approved', updated_at = ? "
+                "WHERE cycle_id = ? AND status = 'running'",
+                (utcnow().isoformat(), cycle_id),
+            )
+
     def settle(self, record: CycleRecord) -> None:
         """The cycle's final record is written: it is no longer pending."""
         with self._tx() as db:
             db.execute(
                 "UPDATE approval_cycles SET status = 'finished', outcome = ?, updated_at = ? "
-                "WHERE cycle_id = ? AND status IN ('running', 'rejected', 'approved')",
+                "WHERE cycle_id = ? AND status IN ('running', 'rejected', 'approved', 'finished')",
                 (record.outcome.value, utcnow().isoformat(), record.cycle_id),
             )
 
@@ -448,7 +472,11 @@ def approved_state(
             Phase.IMPLEMENT,
         )
         return ended
-    prepare_workspace(Phase.IMPLEMENT, state)  # the worktree, detached at the base again
+    try:
+        prepare_workspace(Phase.IMPLEMENT, state)  # the worktree, detached at the base again
+    except BaseException:
+        store.release(cycle_id)
+        raise
     bus.emit(
         EventType.RESUMED,
         cycle_id,
@@ -481,9 +509,13 @@ def resume_approved(
 ) -> CycleRecord:
     """Run an approved cycle to its end (IMPLEMENT → VERIFY → COMMIT) in this process."""
     state = approved_state(cycle_id, run_id, root)
-    for phase in RESUME_PHASES:
-        assert phase in STEPS
-        state = run_phase(phase, state)
+    try:
+        for phase in RESUME_PHASES:
+            assert phase in STEPS
+            state = run_phase(phase, state)
+    except BaseException:  # Ctrl-C mid-run: the cycle stays approved, not stuck running
+        ApprovalStore(root).release(cycle_id)
+        raise
     return finish_cycle(state)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -217,6 +218,41 @@ def test_only_one_approved_run_claims_the_cycle(repo: Path, calls_file: Path) ->
     with pytest.raises(BadInput, match="running, not approved"):
         store.claim(cycle_id)  # the second `nomic approve` does not start it again
     assert calls(calls_file) == DEBATE_AND_DESIGN
+
+
+def test_a_claim_is_given_back_when_its_run_does_not_start(repo: Path, calls_file: Path) -> None:
+    """An approved run that fails before IMPLEMENT (here: its worktree cannot be put back)
+    leaves the cycle approved, not stuck `running`: the next `nomic approve` runs it."""
+    cycle_id = paused_cycle(repo)
+    store = ApprovalStore()
+    store.decide(cycle_id, "approve", "alice")
+    parked = store.state(cycle_id)
+    assert parked.workspace is not None
+    blocker = Path(parked.workspace.worktree)
+    shutil.rmtree(blocker, ignore_errors=True)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the worktree goes\n")  # git cannot add it back
+    with pytest.raises(Exception):  # noqa: B017 - whatever git says, the claim is given back
+        resume_approved(cycle_id)
+    assert store.get(cycle_id).status == "approved"  # type: ignore[union-attr]
+    blocker.unlink()
+    record = resume_approved(cycle_id)
+    assert record.outcome is Outcome.COMMITTED, record.reason
+    assert calls(calls_file) == [*DEBATE_AND_DESIGN, "implement"]
+
+
+def test_a_decided_cycle_is_never_parked_again(repo: Path) -> None:
+    """Re-parking (a re-executed run) keeps an approval of the same design and never
+    reopens a cycle that already ran."""
+    cycle_id = paused_cycle(repo)
+    store = ApprovalStore()
+    state = store.state(cycle_id)
+    store.decide(cycle_id, "approve", "alice")
+    assert store.park(state).status == "approved"  # same design: the approval stands
+    resume_approved(cycle_id)
+    assert store.get(cycle_id).status == "finished"  # type: ignore[union-attr]
+    with pytest.raises(BadInput, match="already finished"):
+        store.park(state)
 
 
 def test_the_settings_expiry_applies_when_the_approver_sets_none(repo: Path) -> None:

@@ -19,9 +19,8 @@ A request beyond the recorded ones is `ReplayMismatch` too.
 `replay_panel` builds a cycle's panel for `CycleSettings.replay_from`: LLM agents from the
 cassette (their recorded provider, model, max_tokens, context window and price, so the
 replayed prompts and costs are the recorded ones), offline agents live (they are
-deterministic), and CLI agents refused (their work is not recorded), as are a judge, a
-designer or an implementer from outside the panel unless it is an offline agent (only the
-panel is recorded).
+deterministic), and CLI agents refused (their work is not recorded). `replay_role` does the
+same for a judge, designer or implementer from outside the panel (recorded like the panel).
 
 Known limits: a phase that is re-executed after a partial run (a retry, a resume) replays
 from the phase's first recorded call; a cassette of a resumed cycle holds both attempts.

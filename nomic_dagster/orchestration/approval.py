@@ -83,7 +83,9 @@ def decide_op(context: dg.OpExecutionContext, config: ApprovalConfig, nomic: Nom
         state = approved_state(config.cycle_id, context.run_id, root)
     else:
         state = rejected_state(config.cycle_id, root)
-    # The approval run is found with the cycle's run (nomic/cycle_id) and counted on its track.
+    # The approval run is found with the cycle's run (nomic/cycle_id) and filtered by track
+    # in the UI. (Tags added now do not put it under the track's run-queue limit, and the
+    # track-failure sensor watches the cycle jobs only.)
     context.instance.add_run_tags(
         context.run_id,
         {CYCLE_ID_TAG: state.cycle_id, TRACK_TAG: state.settings.track_enum.value},
