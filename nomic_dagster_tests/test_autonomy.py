@@ -122,6 +122,12 @@ def test_planner_sensor_launches_each_goal_once(instance, state_dir: Path, tmp_p
     store = get_cycle_store(state_dir)
     assert {launch.run_key for launch in store.launches()} == {r.run_key for r in requests}
 
+    # priorities wiped after the first plan succeeded: its run key is spent, so the sensor
+    # says what to do instead of asking for a run the daemon would drop
+    instance.wipe_assets([dg.AssetKey("meta_planner_priorities")])
+    wiped = evaluate_planner(defs, instance, res, None)
+    assert isinstance(wiped, dg.SkipReason) and "succeeded but" in wiped.skip_message
+
 
 def test_first_plan_waits_for_its_run_and_reports_a_failed_one(
     instance, state_dir: Path, tmp_path: Path

@@ -168,8 +168,10 @@ def run_request_for(goal: PrioritizedGoal, planner: PlannerResource) -> dg.RunRe
 
 
 def last_automation_evaluation(instance: dg.DagsterInstance) -> float | None:
-    """When the automation sensor last evaluated meta_planner_priorities (None: never, e.g.
-    an instance without a daemon). Every tick stores an evaluation, requested or not."""
+    """When the automation sensor last stored an evaluation of meta_planner_priorities
+    (None: never, e.g. an instance without a daemon). Dagster stores one only when the
+    evaluation changed or requested a run, so a quiet tick leaves no trace: the planner
+    then waits out its cap (see `planner_sensor`) rather than launching early."""
     storage = instance.schedule_storage
     if storage is None:
         return None
@@ -200,6 +202,13 @@ def first_plan(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.Skip
                 f"waiting for the first plan: run {run.run_id[:8]} of {REFRESH_LEARNING_JOB} "
                 f"is {run.status.value}"
             )
+        # it succeeded, yet no priorities exist (wiped since): the run key is spent, so a
+        # new request would be dropped silently
+        return dg.SkipReason(
+            f"the first plan (run {run.run_id[:8]}) succeeded but meta_planner_priorities has "
+            "no materialization now; materialize the nomic_learning assets once (Assets -> "
+            "Materialize all)"
+        )
     reason = (
         "meta_planner_priorities has never been materialized (and the learning assets' "
         "automation waits for a first cycle record): launching "
