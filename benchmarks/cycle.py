@@ -30,13 +30,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nomic_dagster.cycle import run_cycle  # noqa: E402
+from nomic_dagster.core.records import CycleRecord, Phase  # noqa: E402
+from nomic_dagster.core.settings import CycleSettings  # noqa: E402
+from nomic_dagster.cycle.history import CycleHistory  # noqa: E402
+from nomic_dagster.cycle.steps import run_cycle  # noqa: E402
 from nomic_dagster.definitions import build_defs  # noqa: E402
-from nomic_dagster.history import CycleHistory  # noqa: E402
 from nomic_dagster.orchestration.instance import isolated_home  # noqa: E402
 from nomic_dagster.orchestration.resources import NomicResource  # noqa: E402
-from nomic_dagster.records import CycleRecord, Phase  # noqa: E402
-from nomic_dagster.settings import CycleSettings  # noqa: E402
 
 PHASES = [p.value for p in Phase]
 DAGSTER = str(Path(sys.executable).parent / "dagster")

@@ -13,7 +13,7 @@ Every seed is run three ways, interleaved: the debate with prompt caching (the s
 context marked `cache_control`; the Anthropic server emulates cache writes and reads), the
 same debate with `NOMIC_PROMPT_CACHE=0` (no marker), and the vote-only ballot
 (`critique_rounds=0`) for reference. Token counts are the servers' emulation (4 characters a
-token), priced by `nomic_dagster.pricing.DEFAULT_PRICES`. The OpenAI prefix cache is
+token), priced by `nomic_dagster.infra.pricing.DEFAULT_PRICES`. The OpenAI prefix cache is
 automatic on the provider's side (the server emulates it in every mode); the flag only
 changes what Claude is asked to cache.
 
@@ -44,20 +44,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nomic_dagster.agents import build_panel  # noqa: E402
-from nomic_dagster.agents.llm import LLMAgent  # noqa: E402
+from nomic_dagster.agents.llm.agent import LLMAgent  # noqa: E402
+from nomic_dagster.core.records import ConsensusRule, DebateResult, Goal, RepoContext  # noqa: E402
+from nomic_dagster.core.settings import CycleSettings  # noqa: E402
+from nomic_dagster.drivers.recovery import get_breaker_registry  # noqa: E402
+from nomic_dagster.infra.pricing import Budget, Usage  # noqa: E402
 from nomic_dagster.phases.debate import run_debate  # noqa: E402
-from nomic_dagster.pricing import Budget, Usage  # noqa: E402
-from nomic_dagster.records import ConsensusRule, DebateResult, Goal, RepoContext  # noqa: E402
-from nomic_dagster.recovery import get_breaker_registry  # noqa: E402
-from nomic_dagster.settings import CycleSettings  # noqa: E402
-from nomic_dagster_tests.fake_llm_servers import (  # noqa: E402
+from nomic_dagster_tests.support.fake_llm_servers import (  # noqa: E402
     FakeAnthropicServer,
     FakeOpenAIServer,
     RecordedRequest,
     anthropic_tool_message,
     openai_completion,
 )
-from nomic_dagster_tests.repo_builders import build_context, make_repo  # noqa: E402
+from nomic_dagster_tests.support.repo_builders import build_context, make_repo  # noqa: E402
 
 DEMO = ROOT / "examples" / "demo_repo"
 GOAL = Goal(text="Improve the quality of this repository: lint, tests and dead code")

@@ -16,44 +16,50 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, tuple[str, str]] = {
     # the state machine
-    "create_nomic_state_machine": ("nomic_dagster.state_machine", "create_nomic_state_machine"),
-    "NomicStateMachine": ("nomic_dagster.state_machine", "NomicStateMachine"),
-    "resume_from_checkpoint": ("nomic_dagster.state_machine", "resume_from_checkpoint"),
-    "NomicState": ("nomic_dagster.states", "NomicState"),
-    "TransitionError": ("nomic_dagster.states", "TransitionError"),
-    "StateMetadata": ("nomic_dagster.states", "StateMetadata"),
-    "STATE_CONFIG": ("nomic_dagster.states", "STATE_CONFIG"),
-    "VALID_TRANSITIONS": ("nomic_dagster.states", "VALID_TRANSITIONS"),
+    "create_nomic_state_machine": (
+        "nomic_dagster.drivers.state_machine",
+        "create_nomic_state_machine",
+    ),
+    "NomicStateMachine": ("nomic_dagster.drivers.state_machine", "NomicStateMachine"),
+    "resume_from_checkpoint": ("nomic_dagster.drivers.state_machine", "resume_from_checkpoint"),
+    "NomicState": ("nomic_dagster.core.states", "NomicState"),
+    "TransitionError": ("nomic_dagster.core.states", "TransitionError"),
+    "StateMetadata": ("nomic_dagster.core.states", "StateMetadata"),
+    "STATE_CONFIG": ("nomic_dagster.core.states", "STATE_CONFIG"),
+    "VALID_TRANSITIONS": ("nomic_dagster.core.states", "VALID_TRANSITIONS"),
     # the legacy loop
-    "NomicLoop": ("nomic_dagster.loop", "NomicLoop"),
+    "NomicLoop": ("nomic_dagster.drivers.loop", "NomicLoop"),
     # checkpoints
-    "Checkpoint": ("nomic_dagster.checkpoints", "Checkpoint"),
-    "CheckpointError": ("nomic_dagster.checkpoints", "CheckpointError"),
-    "CheckpointManager": ("nomic_dagster.checkpoints", "CheckpointManager"),
-    "list_checkpoints": ("nomic_dagster.checkpoints", "list_checkpoints"),
-    "load_checkpoint": ("nomic_dagster.checkpoints", "load_checkpoint"),
-    "load_latest_checkpoint": ("nomic_dagster.checkpoints", "load_latest_checkpoint"),
-    "save_checkpoint": ("nomic_dagster.checkpoints", "save_checkpoint"),
-    "delete_checkpoint": ("nomic_dagster.checkpoints", "delete_checkpoint"),
-    "cleanup_old_checkpoints": ("nomic_dagster.checkpoints", "cleanup_old_checkpoints"),
+    "Checkpoint": ("nomic_dagster.drivers.checkpoints", "Checkpoint"),
+    "CheckpointError": ("nomic_dagster.drivers.checkpoints", "CheckpointError"),
+    "CheckpointManager": ("nomic_dagster.drivers.checkpoints", "CheckpointManager"),
+    "list_checkpoints": ("nomic_dagster.drivers.checkpoints", "list_checkpoints"),
+    "load_checkpoint": ("nomic_dagster.drivers.checkpoints", "load_checkpoint"),
+    "load_latest_checkpoint": ("nomic_dagster.drivers.checkpoints", "load_latest_checkpoint"),
+    "save_checkpoint": ("nomic_dagster.drivers.checkpoints", "save_checkpoint"),
+    "delete_checkpoint": ("nomic_dagster.drivers.checkpoints", "delete_checkpoint"),
+    "cleanup_old_checkpoints": ("nomic_dagster.drivers.checkpoints", "cleanup_old_checkpoints"),
     # recovery
-    "RecoveryManager": ("nomic_dagster.recovery", "RecoveryManager"),
-    "RecoveryAction": ("nomic_dagster.recovery", "RecoveryAction"),
-    "RecoveryDecision": ("nomic_dagster.recovery", "RecoveryDecision"),
-    "CircuitBreaker": ("nomic_dagster.recovery", "CircuitBreaker"),
+    "RecoveryManager": ("nomic_dagster.drivers.recovery", "RecoveryManager"),
+    "RecoveryAction": ("nomic_dagster.drivers.recovery", "RecoveryAction"),
+    "RecoveryDecision": ("nomic_dagster.drivers.recovery", "RecoveryDecision"),
+    "CircuitBreaker": ("nomic_dagster.infra.breakers", "CircuitBreaker"),
     # records and settings
-    "NomicCycleRecord": ("nomic_dagster.cycle_store", "NomicCycleRecord"),
-    "get_cycle_store": ("nomic_dagster.cycle_store", "get_cycle_store"),
-    "CycleRecord": ("nomic_dagster.records", "CycleRecord"),
-    "Outcome": ("nomic_dagster.records", "Outcome"),
-    "Track": ("nomic_dagster.records", "Track"),
-    "CycleSettings": ("nomic_dagster.settings", "CycleSettings"),
-    "BadInput": ("nomic_dagster.errors", "BadInput"),
+    "NomicCycleRecord": ("nomic_dagster.planning.cycle_store", "NomicCycleRecord"),
+    "get_cycle_store": ("nomic_dagster.planning.cycle_store", "get_cycle_store"),
+    "CycleRecord": ("nomic_dagster.core.records", "CycleRecord"),
+    "Outcome": ("nomic_dagster.core.records", "Outcome"),
+    "Track": ("nomic_dagster.core.records", "Track"),
+    "CycleSettings": ("nomic_dagster.core.settings", "CycleSettings"),
+    "BadInput": ("nomic_dagster.core.errors", "BadInput"),
     # decomposition and multi-track orchestration
-    "TaskDecomposer": ("nomic_dagster.decomposer", "TaskDecomposer"),
-    "analyze_task": ("nomic_dagster.decomposer", "analyze_task"),
-    "AutonomousOrchestrator": ("nomic_dagster.orchestrator", "AutonomousOrchestrator"),
-    "TrackConfig": ("nomic_dagster.orchestrator", "TrackConfig"),
+    "TaskDecomposer": ("nomic_dagster.planning.decomposer", "TaskDecomposer"),
+    "analyze_task": ("nomic_dagster.planning.decomposer", "analyze_task"),
+    "AutonomousOrchestrator": (
+        "nomic_dagster.orchestration.orchestrator",
+        "AutonomousOrchestrator",
+    ),
+    "TrackConfig": ("nomic_dagster.orchestration.orchestrator", "TrackConfig"),
 }
 
 __all__ = [
@@ -93,7 +99,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nomic_dagster.checkpoints import (
+    from nomic_dagster.core.errors import BadInput
+    from nomic_dagster.core.records import CycleRecord, Outcome, Track
+    from nomic_dagster.core.settings import CycleSettings
+    from nomic_dagster.core.states import (
+        STATE_CONFIG,
+        VALID_TRANSITIONS,
+        NomicState,
+        StateMetadata,
+        TransitionError,
+    )
+    from nomic_dagster.drivers.checkpoints import (
         Checkpoint,
         CheckpointError,
         CheckpointManager,
@@ -104,31 +120,17 @@ if TYPE_CHECKING:  # pragma: no cover
         load_latest_checkpoint,
         save_checkpoint,
     )
-    from nomic_dagster.cycle_store import NomicCycleRecord, get_cycle_store
-    from nomic_dagster.decomposer import TaskDecomposer, analyze_task
-    from nomic_dagster.errors import BadInput
-    from nomic_dagster.loop import NomicLoop
-    from nomic_dagster.orchestrator import AutonomousOrchestrator, TrackConfig
-    from nomic_dagster.records import CycleRecord, Outcome, Track
-    from nomic_dagster.recovery import (
-        CircuitBreaker,
-        RecoveryAction,
-        RecoveryDecision,
-        RecoveryManager,
-    )
-    from nomic_dagster.settings import CycleSettings
-    from nomic_dagster.state_machine import (
+    from nomic_dagster.drivers.loop import NomicLoop
+    from nomic_dagster.drivers.recovery import RecoveryAction, RecoveryDecision, RecoveryManager
+    from nomic_dagster.drivers.state_machine import (
         NomicStateMachine,
         create_nomic_state_machine,
         resume_from_checkpoint,
     )
-    from nomic_dagster.states import (
-        STATE_CONFIG,
-        VALID_TRANSITIONS,
-        NomicState,
-        StateMetadata,
-        TransitionError,
-    )
+    from nomic_dagster.infra.breakers import CircuitBreaker
+    from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, TrackConfig
+    from nomic_dagster.planning.cycle_store import NomicCycleRecord, get_cycle_store
+    from nomic_dagster.planning.decomposer import TaskDecomposer, analyze_task
 
 
 def __getattr__(name: str) -> Any:

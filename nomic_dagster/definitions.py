@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from nomic_dagster.metrics import install as install_metrics
+from nomic_dagster.infra.metrics import install as install_metrics
 from nomic_dagster.orchestration.approval import nomic_approve
 from nomic_dagster.orchestration.assets import cycle_records, learning_assets, learning_checks
 from nomic_dagster.orchestration.autonomy import PlannerResource

@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from nomic_dagster.recovery import get_breaker_registry
-from nomic_dagster_tests.repo_builders import GIT_ENV
+from nomic_dagster.infra.breakers import get_breaker_registry
+from nomic_dagster_tests.support.repo_builders import GIT_ENV
 
 REQUIRE_SERVICES = os.environ.get("NOMIC_REQUIRE_SERVICES") == "1"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nomic_dagster_tests.repo_builders import make_repo, run_git
-from nomic_dagster_tests.snapshots import checkout_snapshot, worktrees
+from nomic_dagster_tests.support.repo_builders import make_repo, run_git
+from nomic_dagster_tests.support.snapshots import checkout_snapshot, worktrees
 
 PROJECT = {
     # the target's own pytest config turns off plugins it does not use (speed only)

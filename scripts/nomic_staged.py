@@ -10,7 +10,7 @@
     python scripts/nomic_staged.py all --repo PATH   # every phase in one go
     python scripts/nomic_staged.py discard       # drop an unfinished staged cycle
 
-Each phase is `nomic_dagster.cycle.run_phase` on the `CycleState` the previous phase left
+Each phase is `nomic_dagster.cycle.steps.run_phase` on the `CycleState` the previous phase left
 in `<dir>/<previous>.json` (or `--state-file`); its result goes to `<dir>/<phase>.json`.
 When a phase ends the cycle (a gate closed, or the commit landed) the worktree is removed
 and the cycle record is written to `<dir>/record.json` and to the cycle history. A cycle
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from nomic_dagster.cli import (
+from nomic_dagster.cli.main import (
     EXIT_FAILURE,
     EXIT_OK,
     HelpFormatter,
@@ -44,11 +44,12 @@ from nomic_dagster.cli import (
     run_phases,
     settings_from_args,
 )
-from nomic_dagster.cycle import CycleState, finish_cycle, start_cycle
-from nomic_dagster.records import CycleRecord, Outcome, Phase
-from nomic_dagster.report import describe
-from nomic_dagster.settings import state_dir
-from nomic_dagster.workspace import close_workspace
+from nomic_dagster.cli.report import describe
+from nomic_dagster.core.records import CycleRecord, Outcome, Phase
+from nomic_dagster.core.settings import state_dir
+from nomic_dagster.core.state import CycleState
+from nomic_dagster.cycle.steps import finish_cycle, start_cycle
+from nomic_dagster.infra.git import close_workspace
 
 ORDER = list(Phase)
 PHASES = [p.value for p in ORDER]

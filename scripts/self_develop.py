@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from nomic_dagster.agents import build_panel
-from nomic_dagster.cli import (
+from nomic_dagster.cli.main import (
     EXIT_OK,
     TRACKS,
     HelpFormatter,
@@ -45,12 +45,12 @@ from nomic_dagster.cli import (
     runner_name,
     settings_from_args,
 )
-from nomic_dagster.cycle import finish_cycle, start_cycle
-from nomic_dagster.errors import BadInput
-from nomic_dagster.records import CycleRecord, Outcome, Phase, utcnow
-from nomic_dagster.report import describe
-from nomic_dagster.settings import CycleSettings, state_dir
-from nomic_dagster.workspace import is_url, validate_repo
+from nomic_dagster.cli.report import describe
+from nomic_dagster.core.errors import BadInput
+from nomic_dagster.core.records import CycleRecord, Outcome, Phase, utcnow
+from nomic_dagster.core.settings import CycleSettings, state_dir
+from nomic_dagster.cycle.steps import finish_cycle, start_cycle
+from nomic_dagster.infra.git import is_url, validate_repo
 
 BUDGET_NOTE = (
     "accepted and recorded in the run summary, not enforced yet: the built-in agents are "

@@ -7,12 +7,17 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from nomic_dagster.agents.backends import SETTINGS_BY_BACKEND, BackendSettings, active_backends
+from nomic_dagster.agents.backends import (
+    SETTINGS_BY_BACKEND,
+    BackendSettings,
+    active_backends,
+    settings_class,
+)
 from nomic_dagster.agents.base import Agent, WorkArea
-from nomic_dagster.errors import BadInput
+from nomic_dagster.core.errors import BadInput
 
 if TYPE_CHECKING:
-    from nomic_dagster.pricing import Budget
+    from nomic_dagster.infra.pricing import Budget
 
 AgentFactory = Callable[[], Agent]
 
@@ -21,16 +26,16 @@ AgentFactory = Callable[[], Agent]
 AGENTS_ENV = "NOMIC_AGENTS"
 
 
-def _builtin() -> dict[str, AgentFactory]:
-    # Imported lazily so that listing names does not import every backend's dependencies.
-    from nomic_dagster.agents.dead_code import DeadCodeRemover
-    from nomic_dagster.agents.lint_fixer import LintFixer
-    from nomic_dagster.agents.test_writer import TestWriter
+# The offline agents by name -> import path: imported when built, so that listing names
+# does not import every agent's dependencies.
+OFFLINE_AGENTS: dict[str, str] = {
+    "lint-fixer": "nomic_dagster.agents.offline.lint_fixer:LintFixer",
+    "test-writer": "nomic_dagster.agents.offline.test_writer:TestWriter",
+    "dead-code": "nomic_dagster.agents.offline.dead_code:DeadCodeRemover",
+}
 
-    return {"lint-fixer": LintFixer, "test-writer": TestWriter, "dead-code": DeadCodeRemover}
 
-
-OFFLINE_AGENT_NAMES: tuple[str, ...] = ("lint-fixer", "test-writer", "dead-code")
+OFFLINE_AGENT_NAMES: tuple[str, ...] = tuple(OFFLINE_AGENTS)
 LLM_AGENT_NAMES: tuple[str, ...] = ("claude", "gpt", "openai-compatible")
 CLI_AGENT_NAMES: tuple[str, ...] = ("claude-code", "codex")
 BUILTIN_AGENT_NAMES: tuple[str, ...] = OFFLINE_AGENT_NAMES + LLM_AGENT_NAMES + CLI_AGENT_NAMES
@@ -73,17 +78,16 @@ def build_agent(
     configs = active_backends() if backends is None else dict(backends)
     config = configs.get(name)
     if config is None and name in SETTINGS_BY_BACKEND:
-        config = SETTINGS_BY_BACKEND[name]()  # every field from the environment
+        config = settings_class(name)()  # every field from the environment
     if config is not None:
         return config.build(name, budget)
-    factories = _builtin()
-    if name not in factories:
+    if name not in OFFLINE_AGENTS:
         known = [*BUILTIN_AGENT_NAMES, *(n for n in configs if n not in BUILTIN_AGENT_NAMES)]
         raise BadInput(
             f"unknown agent {name!r}",
             f"use one of {', '.join(known)}, or an import path 'package.module:Class'",
         )
-    return factories[name]()
+    return _from_import_path(OFFLINE_AGENTS[name])
 
 
 def _expand(names: Iterable[str]) -> list[str]:

@@ -23,6 +23,7 @@ state machine's child processes are forked from the process that installed them.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import threading
@@ -32,12 +33,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from nomic_dagster.agents.llm import DEFAULT_MAX_TOKENS, env_number, env_text
-from nomic_dagster.errors import BadInput
+from nomic_dagster.agents.llm.agent import DEFAULT_MAX_TOKENS, env_number, env_text
+from nomic_dagster.core.errors import BadInput
 
 if TYPE_CHECKING:
     from nomic_dagster.agents.base import Agent
-    from nomic_dagster.pricing import Budget
+    from nomic_dagster.infra.pricing import Budget
 
 # Shared limits of every LLM call (the same variables as before the settings existed).
 MAX_TOKENS_ENV = "NOMIC_LLM_MAX_TOKENS"
@@ -130,99 +131,6 @@ class _LLMSettings(BackendSettings):
     context_window_tokens: int | None = Field(default=None, ge=1024)
 
 
-class AnthropicSettings(_LLMSettings):
-    """`claude`: the Anthropic Messages API. None: `ANTHROPIC_API_KEY`, `ANTHROPIC_BASE_URL`,
-    `NOMIC_CLAUDE_MODEL` (default claude-sonnet-4-6), `NOMIC_LLM_*`; window 200K tokens."""
-
-    backend: ClassVar[str] = "claude"
-
-    def resolved(self) -> AnthropicSettings:
-        values = self._fill(
-            {
-                "model": lambda: env_text(CLAUDE_MODEL_ENV, DEFAULT_CLAUDE_MODEL),
-                "base_url": lambda: env_text(ANTHROPIC_BASE_URL_ENV),
-                "context_window_tokens": lambda: CLAUDE_CONTEXT_WINDOW_TOKENS,
-                "api_key": lambda: env_text(ANTHROPIC_KEY_ENV),
-            }
-        )
-        return self.model_copy(update={**values, **_llm_limits(self)} | _secret_update(values))
-
-    def build(self, name: str, budget: Budget | None) -> Agent:
-        from nomic_dagster.agents.anthropic_agent import AnthropicAgent
-
-        return AnthropicAgent.from_settings(name, self, budget=budget)
-
-
-class OpenAISettings(_LLMSettings):
-    """`gpt`: the OpenAI Chat Completions API. None: `OPENAI_API_KEY` (may stay unset when the
-    base URL names a server that needs none), `OPENAI_BASE_URL`, `NOMIC_GPT_MODEL` (default
-    gpt-4.1), `NOMIC_OPENAI_CONTEXT_TOKENS` (default: no limit), `NOMIC_LLM_*`."""
-
-    backend: ClassVar[str] = "gpt"
-
-    def resolved(self) -> OpenAISettings:
-        values = self._fill(
-            {
-                "model": lambda: env_text(GPT_MODEL_ENV, DEFAULT_GPT_MODEL),
-                "base_url": lambda: env_text(OPENAI_BASE_URL_ENV),
-                "context_window_tokens": lambda: (
-                    env_number(CONTEXT_ENV, 0, minimum=1024, integer=True)
-                    if env_text(CONTEXT_ENV)
-                    else None
-                ),
-                "api_key": lambda: env_text(OPENAI_KEY_ENV),
-            }
-        )
-        return self.model_copy(update={**values, **_llm_limits(self)} | _secret_update(values))
-
-    def build(self, name: str, budget: Budget | None) -> Agent:
-        from nomic_dagster.agents.openai_agent import OpenAIAgent
-
-        return OpenAIAgent.from_settings(name, self, budget=budget)
-
-
-class OpenAICompatibleSettings(_LLMSettings):
-    """`openai-compatible`: any server with the Chat Completions API (Ollama, vLLM, LM Studio).
-
-    None: `NOMIC_OPENAI_BASE_URL`, else `OPENAI_BASE_URL` (one of them, or `base_url`, is
-    required); `NOMIC_OPENAI_MODEL` (required); `NOMIC_OPENAI_API_KEY` (optional; with a URL
-    of its own — here or in `NOMIC_OPENAI_BASE_URL` — it never receives `OPENAI_API_KEY`);
-    `NOMIC_OPENAI_CONTEXT_TOKENS` (default 8192: local models have small windows);
-    `NOMIC_OPENAI_STRUCTURED` (json_schema, json_object or text)."""
-
-    backend: ClassVar[str] = "openai-compatible"
-    structured: Structured | None = None
-
-    def resolved(self) -> OpenAICompatibleSettings:
-        values: dict[str, Any] = {}
-        if self.base_url is None:
-            own_url = env_text(COMPATIBLE_BASE_URL_ENV)
-            values["base_url"] = own_url or env_text(OPENAI_BASE_URL_ENV)
-            shared_url = own_url is None
-        else:
-            shared_url = False
-        if self.api_key is None:
-            key = env_text(COMPATIBLE_KEY_ENV)
-            if key is None and shared_url:  # OpenAI's URL and key go together
-                key = env_text(OPENAI_KEY_ENV)
-            values["api_key"] = key
-        values |= self._fill(
-            {
-                "model": lambda: env_text(COMPATIBLE_MODEL_ENV),
-                "context_window_tokens": lambda: env_number(
-                    CONTEXT_ENV, DEFAULT_LOCAL_CONTEXT_TOKENS, minimum=1024, integer=True
-                ),
-                "structured": _structured_from_env,
-            }
-        )
-        return self.model_copy(update={**values, **_llm_limits(self)} | _secret_update(values))
-
-    def build(self, name: str, budget: Budget | None) -> Agent:
-        from nomic_dagster.agents.openai_agent import OpenAIAgent
-
-        return OpenAIAgent.from_settings(name, self, budget=budget)
-
-
 def _structured_from_env() -> Structured:
     raw = env_text(STRUCTURED_ENV, "json_schema") or "json_schema"
     if raw not in get_args(Structured):
@@ -270,55 +178,21 @@ class _CLISettings(BackendSettings):
         return self.model_copy(update={"binary": found, **values})
 
 
-class ClaudeCodeSettings(_CLISettings):
-    """`claude-code`: `claude -p` in the worktree. None: `$NOMIC_CLAUDE_CODE_BIN` or `claude` on
-    PATH; `NOMIC_CLI_AGENT_TIMEOUT_S` (default 1200); the key: `ANTHROPIC_API_KEY` or
-    `ANTHROPIC_AUTH_TOKEN` as the CLI finds them (or its own login). With a budget limit,
-    the run gets `--max-budget-usd <what is left of the budget>`."""
-
-    backend: ClassVar[str] = "claude-code"
-    executable: ClassVar[str] = "claude"
-    bin_env: ClassVar[str] = CLAUDE_CODE_BIN_ENV
-    install_hint: ClassVar[str] = (
-        "install Claude Code (npm install -g @anthropic-ai/claude-code) and log in or set "
-        "ANTHROPIC_API_KEY"
-    )
-
-    def build(self, name: str, budget: Budget | None) -> Agent:
-        from nomic_dagster.agents.cli_agent import ClaudeCodeAgent
-
-        return ClaudeCodeAgent.from_settings(self, budget=budget)
-
-
-class CodexSettings(_CLISettings):
-    """`codex`: `codex exec` in the worktree. None: `$NOMIC_CODEX_BIN` or `codex` on PATH;
-    `NOMIC_CLI_AGENT_TIMEOUT_S`; the key: `OPENAI_API_KEY` or `CODEX_API_KEY` (or its own
-    login). Codex has no spend cap of its own: the budget is checked before the run (a spent
-    budget refuses it) and its reported tokens are recorded after."""
-
-    backend: ClassVar[str] = "codex"
-    executable: ClassVar[str] = "codex"
-    bin_env: ClassVar[str] = CODEX_BIN_ENV
-    install_hint: ClassVar[str] = (
-        "install the Codex CLI (npm install -g @openai/codex) and log in or set OPENAI_API_KEY"
-    )
-
-    def build(self, name: str, budget: Budget | None) -> Agent:
-        from nomic_dagster.agents.cli_agent import CodexAgent
-
-        return CodexAgent.from_settings(self, budget=budget)
-
-
-SETTINGS_BY_BACKEND: dict[str, type[BackendSettings]] = {
-    cls.backend: cls
-    for cls in (
-        AnthropicSettings,
-        OpenAISettings,
-        OpenAICompatibleSettings,
-        ClaudeCodeSettings,
-        CodexSettings,
-    )
+# Backend name -> the import path of its settings class (one module per backend, which
+# imports this one: the registry names them instead of importing them).
+SETTINGS_BY_BACKEND: dict[str, str] = {
+    "claude": "nomic_dagster.agents.llm.anthropic:AnthropicSettings",
+    "gpt": "nomic_dagster.agents.llm.openai:OpenAISettings",
+    "openai-compatible": "nomic_dagster.agents.llm.openai:OpenAICompatibleSettings",
+    "claude-code": "nomic_dagster.agents.cli_agent:ClaudeCodeSettings",
+    "codex": "nomic_dagster.agents.cli_agent:CodexSettings",
 }
+
+
+def settings_class(backend: str) -> type[BackendSettings]:
+    """The settings class of a built-in backend (KeyError for another name)."""
+    module_name, _, attr = SETTINGS_BY_BACKEND[backend].partition(":")
+    return getattr(importlib.import_module(module_name), attr)
 
 
 # ---------------------------------------------------------------- the process's backends
@@ -358,12 +232,8 @@ def using_backends(configs: Mapping[str, BackendSettings]) -> Iterator[None]:
 
 __all__ = [
     "SETTINGS_BY_BACKEND",
-    "AnthropicSettings",
     "BackendSettings",
-    "ClaudeCodeSettings",
-    "CodexSettings",
-    "OpenAICompatibleSettings",
-    "OpenAISettings",
     "active_backends",
+    "settings_class",
     "using_backends",
 ]

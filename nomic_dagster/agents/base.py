@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from nomic_dagster.records import Critique, Design, Goal, Proposal, RepoContext, Vote
-from nomic_dagster.settings import CycleSettings
+from nomic_dagster.core.records import Critique, Design, Goal, Proposal, RepoContext, Vote
+from nomic_dagster.core.settings import CycleSettings
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,6 @@ class Agent(Protocol):
     def implement(self, design: Design, area: WorkArea) -> str:
         """Edit files in `area.worktree` to carry out `design`; return a one-line summary.
 
-        Raise `nomic_dagster.errors.ImplementationFailed` when the design cannot be done.
+        Raise `nomic_dagster.core.errors.ImplementationFailed` when the design cannot be done.
         """
         ...

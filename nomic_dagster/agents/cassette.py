@@ -39,7 +39,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from nomic_dagster.agents import Agent, panel_names
-from nomic_dagster.agents.llm import (
+from nomic_dagster.agents.llm.agent import (
     BackendError,
     ChatBackend,
     LLMAgent,
@@ -49,9 +49,10 @@ from nomic_dagster.agents.llm import (
     redact,
     tool_name,
 )
-from nomic_dagster.pricing import Price, Usage
-from nomic_dagster.records import CycleSummary, utcnow
-from nomic_dagster.settings import CycleSettings, state_dir
+from nomic_dagster.core.records import CycleSummary, utcnow
+from nomic_dagster.core.settings import CycleSettings, state_dir
+from nomic_dagster.core.usage import Usage
+from nomic_dagster.infra.pricing import Price
 
 log = logging.getLogger("nomic_dagster.agents.cassette")
 

@@ -31,33 +31,26 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from nomic_dagster.agents.backends import (
+    CLAUDE_CODE_BIN_ENV,
     CLI_TIMEOUT_ENV,
+    CODEX_BIN_ENV,
     DEFAULT_CLI_TIMEOUT_S,
-    ClaudeCodeSettings,
-    CodexSettings,
+    _CLISettings,
 )
 from nomic_dagster.agents.base import WorkArea
-from nomic_dagster.agents.llm import env_number, redact
-from nomic_dagster.agents.offline import Criterion, OfflineAgent
-from nomic_dagster.errors import ImplementationFailed
-from nomic_dagster.pricing import (
-    Budget,
-    BudgetExhausted,
-    LLMCall,
-    Usage,
-    budget_from_env,
-    cycle_budget,
-)
-from nomic_dagster.records import Design, Goal, Proposal, RepoContext
-from nomic_dagster.tools import CommandResult, run_command
+from nomic_dagster.agents.llm.agent import env_number, redact
+from nomic_dagster.agents.offline.common import Criterion, OfflineAgent
+from nomic_dagster.core.errors import BudgetExhausted, ImplementationFailed
+from nomic_dagster.core.records import Design, Goal, Proposal, RepoContext
+from nomic_dagster.core.usage import LLMCall, Usage
+from nomic_dagster.infra.pricing import Budget, budget_from_env, cycle_budget
+from nomic_dagster.sandbox.commands import CommandResult, run_command
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from nomic_dagster.agents.backends import _CLISettings
 
 TIMEOUT_ENV = CLI_TIMEOUT_ENV
 DEFAULT_TIMEOUT_S = DEFAULT_CLI_TIMEOUT_S
@@ -93,6 +86,41 @@ class CLIResult:
         self.is_error = is_error
         self.usage = usage
         self.model = model
+
+
+class ClaudeCodeSettings(_CLISettings):
+    """`claude-code`: `claude -p` in the worktree. None: `$NOMIC_CLAUDE_CODE_BIN` or `claude` on
+    PATH; `NOMIC_CLI_AGENT_TIMEOUT_S` (default 1200); the key: `ANTHROPIC_API_KEY` or
+    `ANTHROPIC_AUTH_TOKEN` as the CLI finds them (or its own login). With a budget limit,
+    the run gets `--max-budget-usd <what is left of the budget>`."""
+
+    backend: ClassVar[str] = "claude-code"
+    executable: ClassVar[str] = "claude"
+    bin_env: ClassVar[str] = CLAUDE_CODE_BIN_ENV
+    install_hint: ClassVar[str] = (
+        "install Claude Code (npm install -g @anthropic-ai/claude-code) and log in or set "
+        "ANTHROPIC_API_KEY"
+    )
+
+    def build(self, name: str, budget: Budget | None) -> CLIAgent:
+        return ClaudeCodeAgent.from_settings(self, budget=budget)
+
+
+class CodexSettings(_CLISettings):
+    """`codex`: `codex exec` in the worktree. None: `$NOMIC_CODEX_BIN` or `codex` on PATH;
+    `NOMIC_CLI_AGENT_TIMEOUT_S`; the key: `OPENAI_API_KEY` or `CODEX_API_KEY` (or its own
+    login). Codex has no spend cap of its own: the budget is checked before the run (a spent
+    budget refuses it) and its reported tokens are recorded after."""
+
+    backend: ClassVar[str] = "codex"
+    executable: ClassVar[str] = "codex"
+    bin_env: ClassVar[str] = CODEX_BIN_ENV
+    install_hint: ClassVar[str] = (
+        "install the Codex CLI (npm install -g @openai/codex) and log in or set OPENAI_API_KEY"
+    )
+
+    def build(self, name: str, budget: Budget | None) -> CLIAgent:
+        return CodexAgent.from_settings(self, budget=budget)
 
 
 class CLIAgent(OfflineAgent):

@@ -51,7 +51,7 @@ from nomic_dagster.agents.cassette import (
     request_digest,
     schema_name_of,
 )
-from nomic_dagster.agents.llm import (
+from nomic_dagster.agents.llm.agent import (
     DEFAULT_MAX_TOKENS,
     BackendError,
     LLMAgent,
@@ -60,10 +60,11 @@ from nomic_dagster.agents.llm import (
     Turn,
     redact,
 )
-from nomic_dagster.errors import BadInput
-from nomic_dagster.pricing import FREE, Budget, Price, PriceTable, Usage, budget_from_env
-from nomic_dagster.records import CycleSummary
-from nomic_dagster.settings import CycleSettings
+from nomic_dagster.core.errors import BadInput
+from nomic_dagster.core.records import CycleSummary
+from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.core.usage import Usage
+from nomic_dagster.infra.pricing import FREE, Budget, Price, PriceTable, budget_from_env
 
 log = logging.getLogger("nomic_dagster.agents.replay")
 

@@ -16,12 +16,9 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from nomic_dagster.approvals import (
-    ApprovalStore,
-    approved_state,
-    default_approver,
-    rejected_state,
-)
+from nomic_dagster.core.settings import CycleSettings, state_dir
+from nomic_dagster.cycle.approvals import ApprovalStore, default_approver
+from nomic_dagster.drivers.approval_flow import approved_state, rejected_state
 from nomic_dagster.orchestration.ops import (
     CYCLE_ID_TAG,
     PHASE_TAG,
@@ -33,7 +30,6 @@ from nomic_dagster.orchestration.ops import (
     verify_op,
 )
 from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.settings import CycleSettings, state_dir
 
 # Dagster+ sets this tag to the person who launched the run; open source Dagster does not.
 USER_TAG = "dagster/user"

@@ -21,19 +21,19 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from nomic_dagster.learning import (
+from nomic_dagster.core.records import Track
+from nomic_dagster.core.settings import TrackChoice
+from nomic_dagster.orchestration.autonomy import PlannerResource, store_for
+from nomic_dagster.orchestration.partitions import cycles_partitions
+from nomic_dagster.orchestration.resources import NomicResource
+from nomic_dagster.planning.learning import (
     ALL_TRACKS,
     agent_performance_table,
     pattern_table,
     validate_agent_performance,
     validate_patterns,
 )
-from nomic_dagster.meta_planner import MetaPlanner, Priorities, plan_targets
-from nomic_dagster.orchestration.autonomy import PlannerResource, store_for
-from nomic_dagster.orchestration.partitions import cycles_partitions
-from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.records import Track
-from nomic_dagster.settings import TrackChoice
+from nomic_dagster.planning.meta_planner import MetaPlanner, Priorities, plan_targets
 
 CYCLE_RECORDS = dg.AssetKey("cycle_records")
 AGENT_PERFORMANCE = dg.AssetKey("agent_performance")

@@ -12,10 +12,10 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from nomic_dagster.cycle_store import CycleStore, get_cycle_store
+from nomic_dagster.core.records import Track
 from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.records import Track
-from nomic_dagster.stopping import StoppingRules
+from nomic_dagster.planning.cycle_store import CycleStore, get_cycle_store
+from nomic_dagster.planning.stopping import StoppingRules
 
 TRIGGER_TAG = "nomic/trigger"
 GOAL_SOURCE_TAG = "nomic/goal_source"

@@ -1,6 +1,6 @@
 """Dagster run config: the domain's CycleSettings, exposed as a Dagster Config class.
 
-The fields are declared once, in `nomic_dagster.settings.CycleSettings`; the launchpad,
+The fields are declared once, in `nomic_dagster.core.settings.CycleSettings`; the launchpad,
 `-c run_config.yaml` and the Python API all validate against the same model.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from nomic_dagster.settings import CycleSettings
+from nomic_dagster.core.settings import CycleSettings
 
 
 class CycleConfig(dg.Config, CycleSettings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from nomic_dagster.core.records import Track
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.ops import (
     TRACK_TAG,
@@ -15,7 +16,6 @@ from nomic_dagster.orchestration.ops import (
     record_cycle_op,
     verify_op,
 )
-from nomic_dagster.records import Track
 
 
 @dg.graph(description="CONTEXT → DEBATE → DESIGN → IMPLEMENT → VERIFY → COMMIT, then record.")

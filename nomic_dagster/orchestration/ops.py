@@ -1,4 +1,4 @@
-"""The cycle's ops: one thin op per phase over `nomic_dagster.cycle.run_phase`.
+"""The cycle's ops: one thin op per phase over `nomic_dagster.cycle.steps.run_phase`.
 
 Every phase op has two optional outputs: `state` when the cycle goes on, `ended` when a
 gate closed (no consensus, scope rejection, failed verification, ...). Everything
@@ -17,12 +17,15 @@ from typing import Any
 
 import dagster as dg
 
-from nomic_dagster.agents.llm import provider_slots
-from nomic_dagster.approvals import approval_hint, design_hash
-from nomic_dagster.cycle import (
+from nomic_dagster.agents.llm.agent import provider_slots
+from nomic_dagster.core.records import CycleRecord, Outcome, Phase, Track
+from nomic_dagster.core.state import CycleState
+from nomic_dagster.core.usage import LLMCall, Spend
+from nomic_dagster.cycle.approvals import approval_hint, design_hash
+from nomic_dagster.cycle.steps import (
     REEXECUTABLE,
-    CycleState,
     finish_cycle,
+    prepare_workspace,
     run_phase,
     start_cycle,
     with_earlier_attempts,
@@ -37,9 +40,6 @@ from nomic_dagster.orchestration.resources import (
     agent_backends,
 )
 from nomic_dagster.phases.debate import counterfactual_markdown, rounds_markdown
-from nomic_dagster.pricing import LLMCall, Spend
-from nomic_dagster.records import CycleRecord, Outcome, Phase, Track
-from nomic_dagster.state_machine import prepare_workspace
 
 CYCLE_ID_TAG = "nomic/cycle_id"
 TRACK_TAG = "nomic/track"

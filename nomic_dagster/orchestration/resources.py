@@ -38,23 +38,18 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field, ValidationError
 
-from nomic_dagster.agents.backends import (
-    AnthropicSettings,
-    BackendSettings,
-    ClaudeCodeSettings,
-    CodexSettings,
-    OpenAICompatibleSettings,
-    OpenAISettings,
-    using_backends,
-)
-from nomic_dagster.errors import BadInput
+from nomic_dagster.agents.backends import BackendSettings, using_backends
+from nomic_dagster.agents.cli_agent import ClaudeCodeSettings, CodexSettings
+from nomic_dagster.agents.llm.anthropic import AnthropicSettings
+from nomic_dagster.agents.llm.openai import OpenAICompatibleSettings, OpenAISettings
+from nomic_dagster.core.errors import BadInput
 
 
 class NomicResource(dg.ConfigurableResource):
     """Where nomic keeps worktrees, clones, demo copies and the cycle history.
 
     Empty state_dir: $NOMIC_STATE_DIR, else $DAGSTER_HOME/nomic, else
-    ~/.local/state/nomic_dagster (see `nomic_dagster.settings.state_dir`).
+    ~/.local/state/nomic_dagster (see `nomic_dagster.core.settings.state_dir`).
     """
 
     state_dir: str = ""

@@ -14,14 +14,14 @@ from typing import Any
 
 import dagster as dg
 
-from nomic_dagster.cycle_store import Launch
+from nomic_dagster.core.records import Track
+from nomic_dagster.core.settings import DEFAULT_GOAL
 from nomic_dagster.orchestration.autonomy import TRIGGER_TAG, PlannerResource, store_for
 from nomic_dagster.orchestration.jobs import track_jobs
 from nomic_dagster.orchestration.ops import CYCLE_ID_TAG, TRACK_TAG
 from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.records import Track
-from nomic_dagster.settings import DEFAULT_GOAL
-from nomic_dagster.stopping import should_stop
+from nomic_dagster.planning.cycle_store import Launch
+from nomic_dagster.planning.stopping import should_stop
 
 DEFAULT_CRON = "0 3 * * *"
 

@@ -8,7 +8,7 @@ the automation sensor that refreshes the learning assets.
   materialization is read once; each goal's `run_key` (track, target, goal, base commit),
   also remembered in the cycle store, keeps a goal from being launched twice. Runs are
   queued: the instance's run queue holds each track to its limit (dagster.yaml).
-  Autonomous goals are held back by the stopping rules (`nomic_dagster.stopping`) and by
+  Autonomous goals are held back by the stopping rules (`nomic_dagster.planning.stopping`) and by
   a paused track; a goal a person asked for is not (W6).
   On a fresh instance there are no priorities yet, and the learning assets' eager
   automation waits for a first cycle record, so the sensor makes the first plan itself:
@@ -39,8 +39,7 @@ from collections.abc import Sequence
 import dagster as dg
 from pydantic import Field
 
-from nomic_dagster.cycle_store import CycleStore, Launch, RunFailure, get_cycle_store
-from nomic_dagster.meta_planner import Priorities, PrioritizedGoal, run_config_for
+from nomic_dagster.core.records import Record, Track
 from nomic_dagster.orchestration.assets import (
     META_PLANNER_PRIORITIES,
     learning_assets,
@@ -56,8 +55,9 @@ from nomic_dagster.orchestration.autonomy import (
 from nomic_dagster.orchestration.jobs import nomic_cycle, track_jobs
 from nomic_dagster.orchestration.ops import CYCLE_ID_TAG, TRACK_TAG
 from nomic_dagster.orchestration.resources import NomicResource
-from nomic_dagster.records import Record, Track
-from nomic_dagster.stopping import StopDecision, applies_to, should_stop
+from nomic_dagster.planning.cycle_store import CycleStore, Launch, RunFailure, get_cycle_store
+from nomic_dagster.planning.meta_planner import Priorities, PrioritizedGoal, run_config_for
+from nomic_dagster.planning.stopping import StopDecision, applies_to, should_stop
 
 PLANNER_SENSOR = "nomic_planner_sensor"
 FAILURE_SENSOR = "nomic_track_failure_sensor"

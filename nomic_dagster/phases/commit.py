@@ -14,9 +14,8 @@ from pathlib import Path
 
 import git as gitpython
 
-from nomic_dagster.errors import NomicError
-from nomic_dagster.phases.verify import summarize_tests
-from nomic_dagster.records import (
+from nomic_dagster.core.errors import NomicError
+from nomic_dagster.core.records import (
     ChangeSet,
     CommitResult,
     DebateResult,
@@ -24,7 +23,8 @@ from nomic_dagster.records import (
     VerificationReport,
     Workspace,
 )
-from nomic_dagster.workspace import NOMIC_AUTHOR, git
+from nomic_dagster.infra.git import NOMIC_AUTHOR, git
+from nomic_dagster.phases.verify import summarize_tests
 
 SUBJECT_MAX = 72
 BODY_WIDTH = 72

@@ -13,8 +13,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from nomic_dagster import pathrules
-from nomic_dagster.records import (
+from nomic_dagster.core import pathrules
+from nomic_dagster.core.records import (
     Churn,
     CycleSummary,
     Marker,
@@ -24,9 +24,9 @@ from nomic_dagster.records import (
     TestInventory,
     Workspace,
 )
-from nomic_dagster.settings import CycleSettings
-from nomic_dagster.tools import ruff_findings, run_tests
-from nomic_dagster.workspace import git
+from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.infra.git import git
+from nomic_dagster.sandbox.commands import ruff_findings, run_tests
 
 MARKER = re.compile(r"\b(TODO|FIXME|XXX|HACK)\b[:\s]*(.*)")
 MAX_FILE_BYTES = 512_000  # larger files are listed but not parsed or scanned

@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 
 from nomic_dagster.agents import Agent, build_agent
 from nomic_dagster.agents.replay import ReplayMismatch
-from nomic_dagster.pricing import BudgetExhausted, cycle_budget
-from nomic_dagster.records import (
+from nomic_dagster.core.errors import BudgetExhausted
+from nomic_dagster.core.records import (
     Consensus,
     ConsensusRule,
     Critique,
@@ -58,8 +58,9 @@ from nomic_dagster.records import (
     RepoContext,
     Vote,
 )
-from nomic_dagster.recovery import CircuitOpenError, guarded_call
-from nomic_dagster.settings import CycleSettings
+from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
+from nomic_dagster.infra.pricing import cycle_budget
 
 T = TypeVar("T")
 

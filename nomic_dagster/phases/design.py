@@ -8,14 +8,13 @@ diff is what counts.
 
 from __future__ import annotations
 
-from nomic_dagster import pathrules
 from nomic_dagster.agents import Agent
 from nomic_dagster.agents.replay import ReplayMismatch
-from nomic_dagster.errors import AgentError
-from nomic_dagster.pricing import BudgetExhausted
-from nomic_dagster.records import DebateResult, Design, RepoContext, ScopeDecision
-from nomic_dagster.recovery import CircuitOpenError, guarded_call
-from nomic_dagster.settings import CycleSettings
+from nomic_dagster.core import pathrules
+from nomic_dagster.core.errors import AgentError, BudgetExhausted
+from nomic_dagster.core.records import DebateResult, Design, RepoContext, ScopeDecision
+from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
 
 
 def winning_agent(debate: DebateResult, panel: list[Agent]) -> Agent:

@@ -6,12 +6,11 @@ from pathlib import Path
 
 from nomic_dagster.agents import Agent, WorkArea
 from nomic_dagster.agents.replay import ReplayMismatch
-from nomic_dagster.errors import ImplementationFailed
-from nomic_dagster.pricing import BudgetExhausted
-from nomic_dagster.records import ChangeSet, Design, RepoContext, Workspace
-from nomic_dagster.recovery import CircuitOpenError, guarded_call
-from nomic_dagster.settings import CycleSettings
-from nomic_dagster.workspace import collect_changes, start_branch
+from nomic_dagster.core.errors import BudgetExhausted, ImplementationFailed
+from nomic_dagster.core.records import ChangeSet, Design, RepoContext, Workspace
+from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
+from nomic_dagster.infra.git import collect_changes, start_branch
 
 
 def implement_design(

@@ -33,16 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nomic_dagster import pathrules, tools
-from nomic_dagster.records import (
+from nomic_dagster.core import pathrules
+from nomic_dagster.core.records import (
     ChangeSet,
     GateResult,
     TestInventory,
     VerificationReport,
     Workspace,
 )
-from nomic_dagster.settings import CycleSettings
-from nomic_dagster.workspace import GIT_STATUS, git
+from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.infra.git import GIT_STATUS, git
+from nomic_dagster.sandbox import commands as tools
 
 NOT_RUN = "not run: earlier gates failed"
 _SYMLINK, _GITLINK = "120000", "160000"
