@@ -47,7 +47,6 @@ from nomic_dagster.agents import build_panel  # noqa: E402
 from nomic_dagster.agents.llm.agent import LLMAgent  # noqa: E402
 from nomic_dagster.core.records import ConsensusRule, DebateResult, Goal, RepoContext  # noqa: E402
 from nomic_dagster.core.settings import CycleSettings  # noqa: E402
-from nomic_dagster.drivers.recovery import get_breaker_registry  # noqa: E402
 from nomic_dagster.infra.pricing import Budget, Usage  # noqa: E402
 from nomic_dagster.phases.debate import run_debate  # noqa: E402
 from nomic_dagster_tests.support.fake_llm_servers import (  # noqa: E402
@@ -248,7 +247,6 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 def run_one(context: RepoContext, seed: int, mode: str) -> Cycle:
     settings = CycleSettings(critique_rounds=0 if mode == "vote-only" else 2)
-    get_breaker_registry().clear()
     claude, gpt = ScriptedModel(seed, "claude"), ScriptedModel(seed, "gpt")
     with (
         FakeAnthropicServer(anthropic_script(claude)) as anthropic_server,

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from nomic_dagster.infra.breakers import get_breaker_registry
 from nomic_dagster_tests.support.repo_builders import GIT_ENV
 
 REQUIRE_SERVICES = os.environ.get("NOMIC_REQUIRE_SERVICES") == "1"
@@ -34,12 +33,6 @@ def _isolated_env(
     for key, value in GIT_ENV.items():
         monkeypatch.setenv(key, value)
     return state
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers() -> None:
-    """Circuit breakers are process-wide; a test starts with none (agents share names)."""
-    get_breaker_registry().clear()
 
 
 @pytest.fixture(autouse=True)

@@ -37,10 +37,10 @@ from nomic_dagster.cli.main import (
     UsageError,
     add_output_arguments,
     add_settings_arguments,
+    cli_runtime,
     configure_logging,
     fail,
     guarded_main,
-    persistent_breakers,
     run_phases,
     settings_from_args,
 )
@@ -189,11 +189,11 @@ def run_staged(args: argparse.Namespace) -> int:
         (folder / "record.json").unlink(missing_ok=True)
         settings = settings_from_args(args)
         folder.mkdir(parents=True, exist_ok=True)
-        with persistent_breakers(settings), progress.attached():
+        with cli_runtime(settings) as runtime, progress.attached():
             state = start_cycle(settings)
             phases = ORDER if args.phase == "all" else [Phase.CONTEXT]
             state = run_phases(
-                state, phases, after_phase=lambda p, s: save(phase_file(folder, p), s)
+                state, phases, runtime, after_phase=lambda p, s: save(phase_file(folder, p), s)
             )
         print(f"cycle {state.cycle_id}: phase files in {folder}")
         if args.phase == "context" and not state.ended:
@@ -235,8 +235,8 @@ def run_staged(args: argparse.Namespace) -> int:
         raise UsageError(
             f"the {phase.value} phase of cycle {state.cycle_id} already ran; its result is {target}"
         )
-    with persistent_breakers(state.settings), progress.attached():
-        state = run_phases(state, [phase], after_phase=lambda p, s: save(target, s))
+    with cli_runtime(state.settings) as runtime, progress.attached():
+        state = run_phases(state, [phase], runtime, after_phase=lambda p, s: save(target, s))
     if state.ended:
         return finish(state, folder)
     print(summarize(phase, state))

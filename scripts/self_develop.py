@@ -34,11 +34,11 @@ from nomic_dagster.cli.main import (
     UsageError,
     add_output_arguments,
     add_settings_arguments,
+    cli_runtime,
     configure_logging,
     exit_code_for,
     fail,
     guarded_main,
-    persistent_breakers,
     resume_hint_on_interrupt,
     run_cycles,
     run_phases,
@@ -49,6 +49,7 @@ from nomic_dagster.cli.report import describe
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, utcnow
 from nomic_dagster.core.settings import CycleSettings, state_dir
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import finish_cycle, start_cycle
 from nomic_dagster.infra.git import is_url, validate_repo
 
@@ -96,10 +97,10 @@ def plan_lines(args: argparse.Namespace, settings: CycleSettings, tracks: list[s
     return lines
 
 
-def design_for_approval(settings: CycleSettings) -> int:
+def design_for_approval(settings: CycleSettings, runtime: CycleRuntime) -> int:
     """Context, debate and design; the design waits, durably, for `nomic approve|reject`."""
     state = start_cycle(settings.model_copy(update={"require_approval": True}))
-    state = run_phases(state, [Phase.CONTEXT, Phase.DEBATE, Phase.DESIGN])
+    state = run_phases(state, [Phase.CONTEXT, Phase.DEBATE, Phase.DESIGN], runtime)
     record = finish_cycle(state)  # parks a cycle awaiting approval in the approval store
     if record.outcome is not Outcome.AWAITING_APPROVAL:
         print(describe(record, patch=False))
@@ -179,19 +180,20 @@ def self_develop(args: argparse.Namespace) -> int:
     records: list[CycleRecord] = []
     started = time.monotonic()
     with (
-        persistent_breakers(base),
+        cli_runtime(base) as runtime,
         progress.attached(),
         resume_hint_on_interrupt(base, args.checkpoint_dir),
     ):
         for track in tracks:
             settings = base.model_copy(update={"track": track})
             if args.require_approval:
-                code = design_for_approval(settings)
+                code = design_for_approval(settings, runtime)
                 if code != EXIT_OK:
                     return code
                 continue
             records += run_cycles(
                 settings,
+                runtime,
                 max_cycles=args.max_cycles,
                 max_consecutive_failures=args.max_consecutive_failures,
                 checkpoint_dir=args.checkpoint_dir,

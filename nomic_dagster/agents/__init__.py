@@ -7,16 +7,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from nomic_dagster.agents.backends import (
-    SETTINGS_BY_BACKEND,
-    BackendSettings,
-    active_backends,
-    settings_class,
-)
+from nomic_dagster.agents.backends import SETTINGS_BY_BACKEND, BackendSettings, settings_class
 from nomic_dagster.agents.base import Agent, WorkArea
 from nomic_dagster.core.errors import BadInput
 
 if TYPE_CHECKING:
+    from nomic_dagster.agents.llm.agent import ProviderSlots
     from nomic_dagster.infra.pricing import Budget
 
 AgentFactory = Callable[[], Agent]
@@ -63,31 +59,38 @@ def build_agent(
     name: str,
     budget: Budget | None = None,
     backends: Mapping[str, BackendSettings] | None = None,
+    slots: ProviderSlots | None = None,
 ) -> Agent:
     """The agent `name`.
 
-    LLM and CLI agents draw on `budget` when given; without one, on the cycle's budget
-    (`pricing.cycle_budget`, keyed by the worktree). Their settings come from `backends`
-    (agent name -> settings; a name there may also be a new one, e.g. a second Claude model),
-    else from the settings installed in this process (`backends.using_backends`, what the
-    Dagster resources do), else from the environment. A missing key, executable or price
-    is BadInput naming what to set.
+    Settings of LLM and CLI agents come from `backends` (agent name -> settings; a name there
+    may also be a new one, e.g. a second Claude model), else from the environment. A
+    missing key, executable or price is BadInput naming what to set.
+
+    An agent that pays for model calls has a `budget` attribute and draws on `budget` (the
+    phase's, which `run_phase` opens); one that calls a provider has a `slots` attribute and
+    holds a slot of `slots` for each call. Both are given to the agent here, so an agent
+    written elsewhere (an import path) is paid for and limited like the built-in ones.
     """
+    configs = dict(backends or {})
     if ":" in name:
-        return _from_import_path(name)
-    configs = active_backends() if backends is None else dict(backends)
-    config = configs.get(name)
-    if config is None and name in SETTINGS_BY_BACKEND:
-        config = settings_class(name)()  # every field from the environment
-    if config is not None:
-        return config.build(name, budget)
-    if name not in OFFLINE_AGENTS:
+        agent = _from_import_path(name)
+    elif name in configs or name in SETTINGS_BY_BACKEND:
+        config = configs.get(name) or settings_class(name)()  # None fields: the environment
+        agent = config.build(name, budget)
+    elif name in OFFLINE_AGENTS:
+        agent = _from_import_path(OFFLINE_AGENTS[name])
+    else:
         known = [*BUILTIN_AGENT_NAMES, *(n for n in configs if n not in BUILTIN_AGENT_NAMES)]
         raise BadInput(
             f"unknown agent {name!r}",
             f"use one of {', '.join(known)}, or an import path 'package.module:Class'",
         )
-    return _from_import_path(OFFLINE_AGENTS[name])
+    if budget is not None and hasattr(agent, "budget") and agent.budget is None:
+        agent.budget = budget
+    if slots is not None and hasattr(agent, "slots"):
+        agent.slots = slots
+    return agent
 
 
 def _expand(names: Iterable[str]) -> list[str]:
@@ -97,7 +100,7 @@ def _expand(names: Iterable[str]) -> list[str]:
     return out
 
 
-def agents_from_env() -> list[str] | None:
+def agents_from_env(backends: Mapping[str, BackendSettings] | None = None) -> list[str] | None:
     """The panel `$NOMIC_AGENTS` names (comma-separated; `offline` = the three offline
     agents), None when it is unset. Names must be built-in, installed backends or import
     paths; anything else is BadInput naming the variable."""
@@ -105,7 +108,7 @@ def agents_from_env() -> list[str] | None:
     if not raw:
         return None
     names = _expand(n.strip() for n in raw.split(","))
-    known = set(BUILTIN_AGENT_NAMES) | set(active_backends())
+    known = set(BUILTIN_AGENT_NAMES) | set(backends or {})
     bad = [n for n in names if not n or (":" not in n and n not in known)]
     if bad:
         raise BadInput(
@@ -117,26 +120,29 @@ def agents_from_env() -> list[str] | None:
     return names
 
 
-def panel_names(names: Iterable[str]) -> list[str]:
+def panel_names(
+    names: Iterable[str], backends: Mapping[str, BackendSettings] | None = None
+) -> list[str]:
     """The panel for `names` as the settings give them: those names (`offline` expanded)
     when there are any — run config wins — else `$NOMIC_AGENTS`, else the offline agents."""
     given = _expand(names)
     if given:
         return given
-    return agents_from_env() or list(OFFLINE_AGENT_NAMES)
+    return agents_from_env(backends) or list(OFFLINE_AGENT_NAMES)
 
 
 def build_panel(
     names: Iterable[str],
     budget: Budget | None = None,
     backends: Mapping[str, BackendSettings] | None = None,
+    slots: ProviderSlots | None = None,
 ) -> list[Agent]:
     """The agents `names` (resolved by `panel_names`: empty means $NOMIC_AGENTS or the
-    offline default), each built by `build_agent` with the same budget and backends."""
-    names = panel_names(names)
+    offline default), each built by `build_agent` with the same budget, backends and slots."""
+    names = panel_names(names, backends)
     if len(set(names)) != len(names):
         raise BadInput(f"agent names repeat in {names}", "name each agent once")
-    agents = [build_agent(n, budget, backends) for n in names]
+    agents = [build_agent(n, budget, backends, slots) for n in names]
     seen = [a.name for a in agents]
     if len(set(seen)) != len(seen):
         raise BadInput(f"two agents share a name in {seen}", "give each agent a distinct name")
@@ -149,6 +155,7 @@ def agent_for_role(
     panel: list[Agent],
     budget: Budget | None = None,
     backends: Mapping[str, BackendSettings] | None = None,
+    slots: ProviderSlots | None = None,
 ) -> Agent:
     """The agent named `name` for `role` (designer, implementer): the panel's member of that
     name, else built like any agent (so a CLI agent such as `codex` may implement without
@@ -157,7 +164,7 @@ def agent_for_role(
     if found is not None:
         return found
     try:
-        return build_agent(name, budget, backends)
+        return build_agent(name, budget, backends, slots)
     except BadInput as exc:
         raise BadInput(f"{role} {name!r}: {exc.problem}", exc.fix) from exc
 

@@ -14,11 +14,10 @@ object can be logged or stored without the key; it is only read when the agent's
 `OPENAI_API_KEY`, ...); a key that is needed and missing is `BadInput` naming that
 variable, raised when the panel is built (so only when that agent is in the panel).
 
-`using_backends(configs)` installs a name -> settings mapping for this process while a
-block runs; `build_agent` / `build_panel` use it when they are not given one. The Dagster
-ops install their resources' settings that way around every phase (each step process
-initialises the resources, so this holds under the multiprocess executor too), and the
-state machine's child processes are forked from the process that installed them.
+A driver hands a name -> settings mapping to `build_agent` / `build_panel` through its
+`CycleRuntime` (the Dagster ops build it from their resources in every step's process, so
+it holds under the multiprocess executor too); a name with no settings there is read from
+the environment.
 """
 
 from __future__ import annotations
@@ -26,9 +25,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -195,45 +192,8 @@ def settings_class(backend: str) -> type[BackendSettings]:
     return getattr(importlib.import_module(module_name), attr)
 
 
-# ---------------------------------------------------------------- the process's backends
-
-_active: dict[str, BackendSettings] = {}
-_active_lock = threading.Lock()
-
-
-def active_backends() -> dict[str, BackendSettings]:
-    """The backend settings installed in this process (empty: the environment decides)."""
-    with _active_lock:
-        return dict(_active)
-
-
-@contextmanager
-def using_backends(configs: Mapping[str, BackendSettings]) -> Iterator[None]:
-    """Install `configs` (agent name -> settings) for this process while the block runs.
-
-    A process-level registry, not a parameter, because the phases build their panels deep
-    inside `cycle.run_phase`, which also runs in forked state-machine children; the ops
-    install their resources around each phase and the previous mapping comes back after.
-    One mapping per process at a time: two in-process runs in threads with *different*
-    backend resources would see each other's (the default resources are all equal).
-    """
-    global _active
-    for name, config in configs.items():
-        if not isinstance(config, BackendSettings):
-            raise TypeError(f"backend {name!r}: expected BackendSettings, got {type(config)}")
-    with _active_lock:
-        previous, _active = _active, dict(configs)
-    try:
-        yield
-    finally:
-        with _active_lock:
-            _active = previous
-
-
 __all__ = [
     "SETTINGS_BY_BACKEND",
     "BackendSettings",
-    "active_backends",
     "settings_class",
-    "using_backends",
 ]

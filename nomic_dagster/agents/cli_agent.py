@@ -16,8 +16,8 @@ the panel is built. Subprocesses get `tools.tool_env` (which withholds every sec
 only this agent's own API key. The cost the CLI reports (`total_cost_usd` for claude, token
 usage events for codex) is recorded as an `LLMCall` in `agent.usage` and in the budget.
 
-Budget: the agent draws on the budget it was built with (the phase's budget), else on the
-cycle's (`cycle_budget`, keyed by the worktree). When that budget has a limit, `claude -p`
+Budget: the agent draws on the budget it was built with (the phase's budget, given by the
+registry), else on one of its own from `$NOMIC_BUDGET_USD`. When that budget has a limit, `claude -p`
 gets `--max-budget-usd <what is left>` (print mode's own spend cap); that amount is
 reserved before the run and settled with the reported `total_cost_usd` after. `codex exec`
 has no such flag: a spent budget refuses the run before it starts, and what it reports is
@@ -46,7 +46,7 @@ from nomic_dagster.agents.offline.common import Criterion, OfflineAgent
 from nomic_dagster.core.errors import BudgetExhausted, ImplementationFailed
 from nomic_dagster.core.records import Design, Goal, Proposal, RepoContext
 from nomic_dagster.core.usage import LLMCall, Usage
-from nomic_dagster.infra.pricing import Budget, budget_from_env, cycle_budget
+from nomic_dagster.infra.pricing import Budget, budget_from_env
 from nomic_dagster.sandbox.commands import CommandResult, run_command
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,9 @@ class CLIAgent(OfflineAgent):
 
     def implement(self, design: Design, area: WorkArea) -> str:
         prompt = build_prompt(design, list(area.settings.protected_paths))
-        budget = self.budget or cycle_budget(area.context.root, budget_from_env())
+        if self.budget is None:  # used outside a cycle: a budget of its own, as configured
+            self.budget = Budget(budget_from_env())
+        budget = self.budget
         what = f"{self.name} implement"
         cap = self._spend_cap(budget, what)
         reservation = budget.reserve(cap, what)  # refused once spent

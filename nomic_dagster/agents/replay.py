@@ -60,7 +60,7 @@ from nomic_dagster.agents.llm.agent import (
     Turn,
     redact,
 )
-from nomic_dagster.core.errors import BadInput
+from nomic_dagster.core.errors import BadInput, ReplayMismatch
 from nomic_dagster.core.records import CycleSummary
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.usage import Usage
@@ -69,11 +69,6 @@ from nomic_dagster.infra.pricing import FREE, Budget, Price, PriceTable, budget_
 log = logging.getLogger("nomic_dagster.agents.replay")
 
 SHOWN_CHARS = 60  # of context on each side of the first difference in a drift message
-
-
-class ReplayMismatch(BadInput):
-    """The replayed cycle asked something its cassette did not record (the prompt drifted,
-    or it asked for more calls than were recorded). Nothing was sent anywhere."""
 
 
 class ReplayedCrash(Exception):
@@ -392,7 +387,6 @@ def replay_panel(
 __all__ = [
     "Cassette",
     "ReplayBackend",
-    "ReplayMismatch",
     "ReplayedCrash",
     "describe_drift",
     "load_cassette",

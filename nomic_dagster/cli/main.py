@@ -41,13 +41,12 @@ from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import DEFAULT_AGENTS, CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.history import CycleHistory
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import STEPS, finish_cycle, run_phase, start_cycle
-from nomic_dagster.infra.breakers import get_breaker_registry
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
-BREAKERS_FILE = "breakers.json"
 TRACKS = ("sme", "developer", "self_hosted", "qa", "core", "security")
 RULES = ("majority", "two_thirds", "unanimous")
 
@@ -289,24 +288,19 @@ class Progress:
 
 
 @contextmanager
-def persistent_breakers(settings: CycleSettings) -> Iterator[Path]:
-    """The agents' circuit breakers carried from one CLI run to the next, in
-    `<state dir>/breakers.json` (an agent that failed three runs in a row stays out)."""
-    path = state_dir(settings) / BREAKERS_FILE
-    registry = get_breaker_registry()
-    registry.load(path)
-    try:
-        yield path
-    finally:
-        try:
-            registry.save(path)
-        except OSError as exc:
-            log.warning("could not save the circuit breakers to %s: %s", path, exc)
+def cli_runtime(settings: CycleSettings) -> Iterator[CycleRuntime]:
+    """The runtime of one CLI run (backends from the environment), its agents' circuit
+    breakers carried from one run to the next in `<state dir>/breakers.json` (an agent that
+    failed three runs in a row stays out)."""
+    runtime = CycleRuntime.for_settings(settings)
+    with runtime.persisted_breakers():
+        yield runtime
 
 
 def run_phases(
     state: CycleState,
     phases: Sequence[Phase],
+    runtime: CycleRuntime,
     after_phase: Callable[[Phase, CycleState], None] | None = None,
 ) -> CycleState:
     """run_phase over `phases`. On Ctrl-C the cycle is ended ("interrupted"), its worktree
@@ -314,7 +308,7 @@ def run_phases(
     for phase in phases:
         ran = not state.ended
         try:
-            state = run_phase(phase, state)
+            state = run_phase(phase, state, runtime)
         except KeyboardInterrupt:
             if not state.ended:
                 state = state.end(
@@ -327,10 +321,12 @@ def run_phases(
     return state
 
 
-def run_one_cycle(settings: CycleSettings, cycle_id: str | None = None) -> CycleRecord:
+def run_one_cycle(
+    settings: CycleSettings, runtime: CycleRuntime, cycle_id: str | None = None
+) -> CycleRecord:
     """One cycle with the plain driver (run_phase per phase), Ctrl-C safe."""
     state = start_cycle(settings, cycle_id)
-    state = run_phases(state, list(STEPS))
+    state = run_phases(state, list(STEPS), runtime)
     return finish_cycle(state)
 
 
@@ -358,6 +354,7 @@ def _wait(value: Any) -> Any:
 
 def run_cycles(
     settings: CycleSettings,
+    runtime: CycleRuntime,
     max_cycles: int = 1,
     max_consecutive_failures: int = 3,
     checkpoint_dir: str | None = None,
@@ -373,12 +370,13 @@ def run_cycles(
             max_consecutive_failures=max_consecutive_failures,
             checkpoint_dir=checkpoint_dir,
             settings=settings,
+            runtime=runtime,
         )
         return list(_wait(loop.run()))
     records: list[CycleRecord] = []
     misses = 0
     for _ in range(max_cycles):
-        record = run_one_cycle(settings)
+        record = run_one_cycle(settings, runtime)
         records.append(record)
         if record.outcome is Outcome.BAD_INPUT:
             break
@@ -446,12 +444,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     progress = Progress(heartbeat_s=args.heartbeat, enabled=not args.quiet)
     with (
-        persistent_breakers(settings),
+        cli_runtime(settings) as runtime,
         progress.attached(),
         resume_hint_on_interrupt(settings, args.checkpoint_dir),
     ):
         records = run_cycles(
             settings,
+            runtime,
             max_cycles=args.cycles,
             max_consecutive_failures=args.max_consecutive_failures,
             checkpoint_dir=args.checkpoint_dir,

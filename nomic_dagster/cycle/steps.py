@@ -12,11 +12,12 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from nomic_dagster.agents import Agent, agent_for_role, build_panel, panel_names
+from nomic_dagster.agents import Agent, agent_for_role, panel_names
 from nomic_dagster.agents.cassette import cassette_link, cassette_writer, record_panel
 from nomic_dagster.agents.replay import recorded_recent_cycles, replay_panel, replay_role
-from nomic_dagster.core.errors import AgentError, BadInput, BudgetExhausted, ImplementationFailed
+from nomic_dagster.core.errors import AgentFault, CycleEnded
 from nomic_dagster.core.events import EventType, bus, span, tracer
 from nomic_dagster.core.records import (
     CycleRecord,
@@ -31,6 +32,7 @@ from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import Spend
 from nomic_dagster.cycle.approvals import park, settle
 from nomic_dagster.cycle.history import CycleHistory
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.infra.git import (
     close_workspace,
     open_workspace,
@@ -39,7 +41,7 @@ from nomic_dagster.infra.git import (
     restore_changeset,
 )
 from nomic_dagster.infra.metrics import install as _install_metrics  # noqa: F401  (counts every cycle)
-from nomic_dagster.infra.pricing import Budget, budget_from_env, cycle_budget, open_cycle_budget
+from nomic_dagster.infra.pricing import Budget, budget_from_env
 from nomic_dagster.phases.commit import commit_change, commit_message
 from nomic_dagster.phases.context import baseline_problem, gather_context
 from nomic_dagster.phases.debate import run_debate
@@ -77,25 +79,25 @@ def start_cycle(
     return state
 
 
-def budget_key(state: CycleState) -> str:
-    """What keys the cycle's budget: its worktree (what agents see as `context.root`)."""
-    if state.context is not None:
-        return state.context.root
-    return state.workspace.worktree if state.workspace else f"cycle:{state.cycle_id}"
-
-
 def budget_limit(settings: CycleSettings) -> float | None:
     return settings.budget_usd if settings.budget_usd is not None else budget_from_env()
 
 
-def _panel(state: CycleState) -> list[Agent]:
-    # The budget `run_phase` opened for this phase: every agent of the panel draws on it.
-    budget = cycle_budget(budget_key(state))
+@dataclass(frozen=True)
+class PhaseRun:
+    """What one run of a phase works with: the driver's runtime and the phase's budget,
+    which every agent built for the phase draws on."""
+
+    runtime: CycleRuntime
+    budget: Budget
+
+
+def _panel(state: CycleState, run: PhaseRun) -> list[Agent]:
     settings = state.settings
     if settings.replay_from:  # LLM agents answer from the recorded cassette, offline
-        panel = replay_panel(settings, budget)
+        panel = replay_panel(settings, run.budget)
     else:
-        panel = build_panel(settings.agents, budget=budget)
+        panel = run.runtime.panel(settings.agents, budget=run.budget)
     return _recorded(state, panel)
 
 
@@ -111,31 +113,38 @@ def _recorded(state: CycleState, agents: list[Agent]) -> list[Agent]:
 # ---------------------------------------------------------------- phase bodies
 
 
-def _role(state: CycleState, role: str, panel: list[Agent]) -> Agent | None:
+def _role(state: CycleState, run: PhaseRun, role: str, panel: list[Agent]) -> Agent | None:
     """The agent the settings name for `role` (judge, designer, implementer); None when
     unset. It may be outside the panel (e.g. codex implements without debating); an LLM
     agent outside it is recorded in the cassette, or answers from it in a replay."""
     name = getattr(state.settings, role).strip()
     if not name:
         return None
-    budget = cycle_budget(budget_key(state))
     if state.settings.replay_from and all(a.name != name for a in panel):
-        return replay_role(role, name, state.settings, budget)
-    agent = agent_for_role(role, name, panel, budget=budget)
+        return replay_role(role, name, state.settings, run.budget)
+    runtime = run.runtime
+    agent = agent_for_role(
+        role,
+        name,
+        panel,
+        budget=run.budget,
+        backends=runtime.backends,
+        slots=runtime.provider_slots,
+    )
     return agent if agent in panel else _recorded(state, [agent])[0]
 
 
-def _context(state: CycleState) -> CycleState:
+def _context(state: CycleState, run: PhaseRun) -> CycleState:
     # The panel: the settings' agents, else $NOMIC_AGENTS, else the offline three (run config
     # wins); resolved once here so that every later phase and the record name the same one.
-    agents = panel_names(state.settings.agents)
+    agents = panel_names(state.settings.agents, run.runtime.backends)
     state = state.model_copy(
         update={"settings": state.settings.model_copy(update={"agents": agents})}
     )
-    panel = _panel(state)  # fail on unknown agents before any git work
+    panel = _panel(state, run)  # fail on unknown agents before any git work
     for role in ("judge", "designer", "implementer"):
-        _role(state, role, panel)
-    history = CycleHistory(state_dir(state.settings))
+        _role(state, run, role, panel)
+    history = CycleHistory(run.runtime.state_dir)
     ws = open_workspace(state.settings, state.cycle_id)
     try:
         earlier = [r.summary() for r in history.recent(origin=ws.origin)]
@@ -152,12 +161,18 @@ def _context(state: CycleState) -> CycleState:
     return state
 
 
-def _debate(state: CycleState) -> CycleState:
+def _debate(state: CycleState, run: PhaseRun) -> CycleState:
     assert state.context is not None
-    panel = _panel(state)
-    judge = _role(state, "judge", panel)  # None: a failed consensus stays failed
+    panel = _panel(state, run)
+    judge = _role(state, run, "judge", panel)  # None: a failed consensus stays failed
     result = run_debate(
-        state.context, state.goal, panel, state.settings.rule, state.settings, judge=judge
+        state.context,
+        state.goal,
+        panel,
+        state.settings.rule,
+        state.settings,
+        judge=judge,
+        breakers=run.runtime.breakers,
     )
     state = state.model_copy(update={"debate": result})
     for agent, failure in result.agent_failures.items():
@@ -180,11 +195,13 @@ def _debate(state: CycleState) -> CycleState:
     return state
 
 
-def _design(state: CycleState) -> CycleState:
+def _design(state: CycleState, run: PhaseRun) -> CycleState:
     assert state.debate is not None and state.context is not None
-    panel = _panel(state)
-    designer = _role(state, "designer", panel)  # None: the winning proposal's agent designs
-    design = design_change(state.debate, panel, state.context, state.settings, designer)
+    panel = _panel(state, run)
+    designer = _role(state, run, "designer", panel)  # None: the winning proposal's agent
+    design = design_change(
+        state.debate, panel, state.context, state.settings, designer, run.runtime.breakers
+    )
     scope = check_scope(design, state.settings)
     state = state.model_copy(update={"design": design, "scope": scope})
     bus.emit(
@@ -207,24 +224,21 @@ def _design(state: CycleState) -> CycleState:
     return state
 
 
-def _implement(state: CycleState) -> CycleState:
+def _implement(state: CycleState, run: PhaseRun) -> CycleState:
     assert state.debate and state.design and state.workspace and state.context
-    panel = _panel(state)
+    panel = _panel(state, run)
     agent = (  # the implementer, else the designer, else the winning proposal's agent
-        _role(state, "implementer", panel)
-        or _role(state, "designer", panel)
+        _role(state, run, "implementer", panel)
+        or _role(state, run, "designer", panel)
         or winning_agent(state.debate, panel)
     )
-    try:
-        changes = implement_design(
-            state.design, agent, state.workspace, state.context, state.settings
-        )
-    except ImplementationFailed as exc:
-        return state.end(Outcome.IMPLEMENTATION_FAILED, str(exc), Phase.IMPLEMENT)
+    changes = implement_design(  # ImplementationFailed ends the cycle in run_phase
+        state.design, agent, state.workspace, state.context, state.settings, run.runtime.breakers
+    )
     return state.model_copy(update={"changeset": changes})
 
 
-def _verify(state: CycleState) -> CycleState:
+def _verify(state: CycleState, run: PhaseRun) -> CycleState:
     assert state.changeset and state.workspace
     report = verify_change(state.changeset, state.workspace, state.settings)
     state = state.model_copy(update={"verification": report})
@@ -244,7 +258,7 @@ def _verify(state: CycleState) -> CycleState:
     return state
 
 
-def _commit(state: CycleState) -> CycleState:
+def _commit(state: CycleState, run: PhaseRun) -> CycleState:
     assert state.design and state.changeset and state.workspace
     message = commit_message(
         design=state.design,
@@ -266,7 +280,7 @@ def _commit(state: CycleState) -> CycleState:
     )
 
 
-STEPS: dict[Phase, Callable[[CycleState], CycleState]] = {
+STEPS: dict[Phase, Callable[[CycleState, PhaseRun], CycleState]] = {
     Phase.CONTEXT: _context,
     Phase.DEBATE: _debate,
     Phase.DESIGN: _design,
@@ -276,8 +290,13 @@ STEPS: dict[Phase, Callable[[CycleState], CycleState]] = {
 }
 
 
-def run_phase(phase: Phase, state: CycleState) -> CycleState:
-    """Run one phase unless the cycle already ended; never raises for a cycle-level failure."""
+def run_phase(phase: Phase, state: CycleState, runtime: CycleRuntime) -> CycleState:
+    """Run one phase unless the cycle already ended; never raises for a cycle-level failure.
+
+    Errors sort into outcomes by their family (`core.errors`): a `CycleEnded` ends the cycle
+    with its own outcome; an agent's fault ends it implementation_failed in DESIGN (no
+    design, nothing to implement) and error elsewhere; anything else is a crash, error.
+    """
     if state.ended:
         return state
     log.info("cycle %s: %s started", state.cycle_id, phase.value)
@@ -294,14 +313,11 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         try:
             # the phase's budget, seeded with what the cycle already spent (BadInput for
             # a bad $NOMIC_BUDGET_USD ends the cycle like any bad input)
-            limit = budget_limit(state.settings)
-            budget = open_cycle_budget(budget_key(state), limit, state.spent_usd)
-            new = STEPS[phase](state)
-        except BadInput as exc:
-            new = state.end(Outcome.BAD_INPUT, str(exc), phase)
-        except BudgetExhausted as exc:
-            new = state.end(Outcome.BUDGET_EXHAUSTED, str(exc), phase)
-        except AgentError as exc:
+            budget = Budget(budget_limit(state.settings), state.spent_usd)
+            new = STEPS[phase](state, PhaseRun(runtime, budget))
+        except CycleEnded as exc:
+            new = state.end(exc.outcome, str(exc), phase)
+        except AgentFault as exc:
             outcome = Outcome.IMPLEMENTATION_FAILED if phase is Phase.DESIGN else Outcome.ERROR
             new = state.end(outcome, str(exc), phase)
             bus.emit(
@@ -321,8 +337,7 @@ def run_phase(phase: Phase, state: CycleState) -> CycleState:
         if new.outcome is not None:
             current.set_attribute("nomic.outcome", new.outcome.value)
     elapsed = round(time.perf_counter() - started, 3)
-    # The calls this phase made (CONTEXT makes none, so the key its new worktree brings
-    # does not matter).
+    # The calls this phase made, as its budget recorded them.
     made = budget.calls if budget is not None else []
     calls = [c.model_copy(update={"phase": phase.value}) for c in made]
     new = new.model_copy(
@@ -483,17 +498,25 @@ def finish_cycle(state: CycleState) -> CycleRecord:
 
 
 def run_cycle(
-    settings: CycleSettings, cycle_id: str | None = None, run_id: str | None = None
+    settings: CycleSettings,
+    cycle_id: str | None = None,
+    run_id: str | None = None,
+    runtime: CycleRuntime | None = None,
 ) -> CycleRecord:
     """The plain driver: every phase in order, then finish. No Dagster involved."""
-    return finish_cycle(drive_cycle(settings, cycle_id, run_id))
+    return finish_cycle(drive_cycle(settings, cycle_id, run_id, runtime))
 
 
 def drive_cycle(
-    settings: CycleSettings, cycle_id: str | None = None, run_id: str | None = None
+    settings: CycleSettings,
+    cycle_id: str | None = None,
+    run_id: str | None = None,
+    runtime: CycleRuntime | None = None,
 ) -> CycleState:
-    """Every phase in order; the final state, not yet finished (its worktree still there)."""
+    """Every phase in order; the final state, not yet finished (its worktree still there).
+    Without `runtime`, one for `settings` (backends from the environment)."""
+    runtime = runtime if runtime is not None else CycleRuntime.for_settings(settings)
     state = start_cycle(settings, cycle_id, run_id)
     for phase in STEPS:
-        state = run_phase(phase, state)
+        state = run_phase(phase, state, runtime)
     return state

@@ -21,6 +21,7 @@ from nomic_dagster.cycle.approvals import (
     ApprovalStore,
     default_approver,
 )
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import STEPS, finish_cycle, prepare_workspace, run_phase
 
 log = logging.getLogger(__name__)
@@ -83,14 +84,20 @@ def rejected_state(cycle_id: str, root: Path | str | None = None) -> CycleState:
 
 
 def resume_approved(
-    cycle_id: str, run_id: str | None = None, root: Path | str | None = None
+    cycle_id: str,
+    run_id: str | None = None,
+    root: Path | str | None = None,
+    runtime: CycleRuntime | None = None,
 ) -> CycleRecord:
-    """Run an approved cycle to its end (IMPLEMENT → VERIFY → COMMIT) in this process."""
+    """Run an approved cycle to its end (IMPLEMENT → VERIFY → COMMIT) in this process, with
+    `runtime` (default: one for the parked cycle's settings, backends from the
+    environment)."""
     state = approved_state(cycle_id, run_id, root)
+    runtime = runtime if runtime is not None else CycleRuntime.for_settings(state.settings)
     try:
         for phase in RESUME_PHASES:
             assert phase in STEPS
-            state = run_phase(phase, state)
+            state = run_phase(phase, state, runtime)
     except BaseException:  # Ctrl-C mid-run: the cycle stays approved, not stuck running
         ApprovalStore(root).release(cycle_id)
         raise
@@ -105,12 +112,13 @@ def approve(
     expected_hash: str | None = None,
     root: Path | str | None = None,
     run: bool = True,
+    runtime: CycleRuntime | None = None,
 ) -> tuple[ApprovalDecision, CycleRecord | None]:
     """Record an approval and (unless `run=False`) run the cycle to its end."""
     decision = ApprovalStore(root).decide(
         cycle_id, "approve", who or default_approver(), note, expires_in_hours, expected_hash
     )
-    return decision, resume_approved(cycle_id, root=root) if run else None
+    return decision, resume_approved(cycle_id, root=root, runtime=runtime) if run else None
 
 
 def reject(

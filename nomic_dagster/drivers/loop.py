@@ -16,6 +16,7 @@ from typing import Any
 
 from nomic_dagster.core.records import CycleRecord, Outcome
 from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.drivers.state_machine import NomicStateMachine, create_nomic_state_machine
 
 log = logging.getLogger("nomic_dagster.drivers.loop")
@@ -42,6 +43,7 @@ class NomicLoop:
         settings: CycleSettings | None = None,
         goal: str | None = None,
         budget_usd: float | None = None,
+        runtime: CycleRuntime | None = None,
         **machine_kwargs: Any,
     ) -> None:
         if max_cycles < 1:
@@ -60,7 +62,7 @@ class NomicLoop:
         self.max_consecutive_failures = max_consecutive_failures
         self.budget_usd = budget_usd
         self.machine: NomicStateMachine = create_nomic_state_machine(
-            checkpoint_dir=checkpoint_dir, settings=base, **machine_kwargs
+            checkpoint_dir=checkpoint_dir, settings=base, runtime=runtime, **machine_kwargs
         )
         self.records: list[CycleRecord] = []
         self.consecutive_failures = 0

@@ -18,14 +18,9 @@ never jumps over VERIFY to COMMIT, and no decision ever targets COMMIT. A retry 
 failed COMMIT goes back to VERIFY, so the tree is verified again before anything lands.
 `RecoveryDecision` refuses a COMMIT target outright.
 
-`CircuitBreaker` isolates one failing agent: `threshold` consecutive failures open it;
-after `reset_timeout_s` it lets exactly one half-open probe through; the probe's success
-closes it, its failure re-opens it. The debate, design and implement phases call every
-agent through its breaker (`guarded_call`), so an open breaker takes the agent out of the
-round ("circuit open") instead of calling it again. Breakers live in the process-wide
-`get_breaker_registry()`: they span the cycles one process runs (NomicLoop, a test).
-Across processes a registry travels as `snapshot()` / `restore()` (or `save(path)` /
-`load(path)`): the `nomic` CLIs keep it in `<state dir>/breakers.json` between runs.
+The breakers it counts are the driver's (`CycleRuntime.breakers`, `infra/breakers.py`):
+they span the cycles one driver runs (NomicLoop, the state machine), and the CLIs and the
+Dagster ops keep them in `<state dir>/breakers.json` between processes.
 
 Every decision and every breaker change is an event on `nomic_dagster.core.events.bus`
 (RECOVERY_DECISION, CIRCUIT_OPENED, CIRCUIT_CLOSED), which the Prometheus metrics count.
@@ -45,7 +40,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from nomic_dagster.core.events import EventType, bus
 from nomic_dagster.core.records import utcnow
 from nomic_dagster.core.states import state_name
-from nomic_dagster.infra.breakers import BreakerRegistry, get_breaker_registry
+from nomic_dagster.infra.breakers import BreakerRegistry
 
 T = TypeVar("T")
 
@@ -182,7 +177,7 @@ class RecoveryManager:
         jitter: bool = True,
         history_size: int = 1000,
     ) -> None:
-        self.breakers = breakers if breakers is not None else get_breaker_registry()
+        self.breakers = breakers if breakers is not None else BreakerRegistry()
         self.transient_base_delay = transient_base_delay
         self.retry_base_delay = retry_base_delay
         self.max_delay = max_delay

@@ -4,7 +4,7 @@ checkpoints and resume — a thin driver over the same steps the Dagster ops run
     sm = create_nomic_state_machine(checkpoint_dir="/tmp/nomic")
     record = await sm.run(goal="Improve test coverage in the parser")
 
-Each phase state (CONTEXT … COMMIT) runs `cycle.run_phase(phase, state)` — the very step
+Each phase state (CONTEXT … COMMIT) runs `cycle.run_phase(phase, state, runtime)` — the very step
 function of the Dagster op — in a child process of its own (a fresh process group; the
 `CycleState` crosses as JSON, the phase's events are forwarded to this process's bus).
 A phase that outlives its timeout is killed with every process it started, and the
@@ -69,6 +69,7 @@ from nomic_dagster.core.states import (
     is_valid_transition,
     merge_state_config,
 )
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import finish_cycle, prepare_workspace, run_phase, start_cycle
 from nomic_dagster.drivers.checkpoints import (
     Checkpoint,
@@ -79,7 +80,6 @@ from nomic_dagster.drivers.checkpoints import (
 )
 from nomic_dagster.drivers.recovery import RecoveryAction, RecoveryDecision, RecoveryManager
 from nomic_dagster.infra import metrics
-from nomic_dagster.infra.breakers import get_breaker_registry
 from nomic_dagster.infra.git import (
     close_workspace,
 )
@@ -208,21 +208,18 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="nomic-parent-watch", daemon=True).start()
 
 
-def _breakers() -> dict[str, Any]:
-    """The circuit breakers, to carry a phase process's breaker changes back to the machine
-    (they are process-wide: they must span phases and cycles)."""
-    return get_breaker_registry().snapshot()
-
-
 def _phase_child(
     phase_value: str,
     state_json: str,
     prepare: bool,
+    runtime: CycleRuntime,
     conn: Any,
     parent_pid: int,
     close_fds: list[int],
 ) -> None:
-    """Entry point of a phase's child process: run the step, send back the new state."""
+    """Entry point of a phase's child process: run the step, send back the new state and
+    the breakers (the machine's runtime, forked into this process, must learn what the
+    phase's agent calls did to them: they span phases and cycles)."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     for fd in close_fds:  # e.g. the cycle lock: only the machine's process holds it
@@ -242,10 +239,11 @@ def _phase_child(
         phase = Phase(phase_value)
         if prepare:
             prepare_workspace(phase, state)
-        new = run_phase(phase, state)
-        send(("result", new.model_dump_json(), _breakers()))
+        new = run_phase(phase, state, runtime)
+        send(("result", new.model_dump_json(), runtime.breakers.snapshot()))
     except BaseException as exc:
-        send(("crash", f"{type(exc).__name__}: {exc}", traceback.format_exc(), _breakers()))
+        trace = traceback.format_exc()
+        send(("crash", f"{type(exc).__name__}: {exc}", trace, runtime.breakers.snapshot()))
     finally:
         conn.close()
 
@@ -289,7 +287,10 @@ class NomicStateMachine:
         enable_metrics: make sure the Prometheus listener is on the bus.
         settings: the cycle settings `run()` starts from (repo, agents, tests, ...).
         state_config: per-state overrides of STATE_CONFIG, e.g. {"debate": {"timeout_seconds": 60}}.
-        recovery_manager: what decides after a failure (default `RecoveryManager()`).
+        recovery_manager: what decides after a failure (default `RecoveryManager()` over the
+            runtime's breakers).
+        runtime: the backends, breakers and state folder its cycles run with (default: one
+            for `settings`, backends from the environment).
         max_retry_delay_s: cap on the backoff a recovery decision asks for.
         max_recoveries: recoveries per cycle before the cycle fails whatever the decision.
         max_transitions: transitions per cycle before it fails (guards handler loops).
@@ -307,12 +308,19 @@ class NomicStateMachine:
         max_retry_delay_s: float = 60.0,
         max_recoveries: int = 12,
         max_transitions: int = 100,
+        runtime: CycleRuntime | None = None,
     ) -> None:
         self.settings = settings or CycleSettings()
+        # What every cycle of this machine runs with (backends, breakers, state folder).
+        self.runtime = runtime if runtime is not None else CycleRuntime.for_settings(self.settings)
         self.enable_checkpoints = enable_checkpoints
         self.enable_metrics = enable_metrics
         self.config: dict[NomicState, StateMetadata] = merge_state_config(state_config)
-        self.recovery = recovery_manager if recovery_manager is not None else RecoveryManager()
+        self.recovery = (
+            recovery_manager
+            if recovery_manager is not None
+            else RecoveryManager(breakers=self.runtime.breakers)
+        )
         self.max_retry_delay_s = max_retry_delay_s
         self.max_recoveries = max_recoveries
         self.max_transitions = max_transitions
@@ -845,7 +853,15 @@ class NomicStateMachine:
         close_fds = [self._lock_fd] if self._lock_fd is not None else []
         proc = ctx.Process(
             target=_phase_child,
-            args=(phase.value, before.model_dump_json(), prepare, sender, os.getpid(), close_fds),
+            args=(
+                phase.value,
+                before.model_dump_json(),
+                prepare,
+                self.runtime,
+                sender,
+                os.getpid(),
+                close_fds,
+            ),
             name=f"nomic-{phase.value}-{before.cycle_id}",
         )
         proc.start()
@@ -900,7 +916,7 @@ class NomicStateMachine:
                 error=f"the {phase.value} process died ({how}) before it reported",
                 error_type="ProcessDied",
             )
-        get_breaker_registry().restore(message[-1])
+        self.runtime.breakers.restore(message[-1])
         if message[0] == "result":
             return _Attempt("ok", cycle=CycleState.model_validate_json(message[1]))
         log.error("cycle %s: %s crashed in its process\n%s", before.cycle_id, phase, message[2])

@@ -3,7 +3,7 @@
 `CircuitBreaker` isolates one failing agent: `threshold` consecutive failures open it;
 after `reset_timeout_s` it lets exactly one half-open probe through; the probe's success
 closes it, its failure re-opens it. The phases call every agent through its breaker
-(`guarded_call`), so an open breaker takes the agent out of the round ("circuit open")
+(`call_agent`), so an open breaker takes the agent out of the round ("circuit open")
 instead of calling it again. Across processes a registry travels as `snapshot()` /
 `restore()` (or `save(path)` / `load(path)`): the `nomic` CLIs keep it in
 `<state dir>/breakers.json` between runs. Every breaker change is an event on the bus
@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nomic_dagster.core.errors import BadInput, BudgetExhausted, NomicError
+from nomic_dagster.core.errors import AgentError, AgentNotCalled, CycleEnded, NomicError
 from nomic_dagster.core.events import EventType, bus
 
 T = TypeVar("T")
@@ -359,23 +359,31 @@ class BreakerRegistry:
 
 CircuitBreakerRegistry = BreakerRegistry  # the seed's name
 
-_registry = BreakerRegistry()
 
-
-def get_breaker_registry() -> BreakerRegistry:
-    """The process-wide registry the phases call agents through."""
-    return _registry
-
-
-def guarded_call(
-    agent_id: str,
+def call_agent(
+    breakers: BreakerRegistry,
+    agent: str,
+    step: str,
     fn: Callable[[], T],
     *,
-    benign: tuple[type[BaseException], ...] = (),
     cycle_id: str | None = None,
 ) -> T:
-    """Call an agent step through its breaker in the process-wide registry. A call the
-    budget refused, or bad input (a missing key, a replay whose prompt drifted), is not
-    the agent's failure, so it never counts toward opening its breaker."""
-    breaker = get_breaker_registry().get_or_create(agent_id)
-    return breaker.call(fn, benign=(*benign, BudgetExhausted, BadInput), cycle_id=cycle_id)
+    """One agent step through the agent's breaker in `breakers`, its exception sorted into
+    the two families of `core.errors`:
+
+    - a `CycleEnded` (bad input, a drifted replay, a refused budget, "cannot be
+      implemented") propagates and counts as the agent answering, never toward opening its
+      breaker: it is not the agent's failure;
+    - an open breaker is `AgentNotCalled`; anything else the agent raised is `AgentError`
+      (its detail names the exception), so each caller decides only what a failed agent
+      means for its phase.
+    """
+    breaker = breakers.get_or_create(agent)
+    try:
+        return breaker.call(fn, benign=(CycleEnded,), cycle_id=cycle_id)
+    except CycleEnded:
+        raise
+    except CircuitOpenError as exc:
+        raise AgentNotCalled(agent, step, str(exc)) from exc
+    except Exception as exc:
+        raise AgentError(agent, step, f"{type(exc).__name__}: {exc}") from exc

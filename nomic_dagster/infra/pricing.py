@@ -264,45 +264,6 @@ def budget_from_env() -> float | None:
     return value
 
 
-# The budget of each cycle in this process, keyed by the cycle's worktree path (agents see
-# the cycle only through its context, whose `root` is that path). `cycle.run_phase` opens a
-# fresh one before every phase, seeded with what the cycle's state says was already spent,
-# so the limit spans the whole cycle even when each phase runs in its own process (the
-# multiprocess executor, the state machine's child processes, a resumed cycle).
-_cycle_budgets: dict[str, Budget] = {}
-_cycle_lock = threading.Lock()
-_MAX_CYCLE_BUDGETS = 256
-
-
-def open_cycle_budget(key: str, limit_usd: float | None, spent_usd: float = 0.0) -> Budget:
-    """A new budget for the cycle keyed by `key`, replacing any earlier one in this process."""
-    with _cycle_lock:
-        _cycle_budgets.pop(key, None)
-        if len(_cycle_budgets) >= _MAX_CYCLE_BUDGETS:
-            _cycle_budgets.pop(next(iter(_cycle_budgets)))
-        found = _cycle_budgets[key] = Budget(limit_usd, spent_usd=spent_usd)
-        return found
-
-
-def cycle_budget(key: str, limit_usd: float | None = None) -> Budget:
-    """The budget open for the cycle keyed by `key`; a new one with `limit_usd` when none is
-    (an agent used outside `run_phase`, e.g. by the decomposer or a test)."""
-    with _cycle_lock:
-        found = _cycle_budgets.get(key)
-    return found if found is not None else open_cycle_budget(key, limit_usd)
-
-
-def cycle_budgets() -> dict[str, Budget]:
-    """The per-cycle budgets this process holds, by key (the cycle's worktree path)."""
-    with _cycle_lock:
-        return dict(_cycle_budgets)
-
-
-def forget_cycle_budgets() -> None:
-    with _cycle_lock:
-        _cycle_budgets.clear()
-
-
 __all__ = [
     "BUDGET_ENV",
     "DEFAULT_PRICES",
@@ -313,10 +274,6 @@ __all__ = [
     "PriceTable",
     "Reservation",
     "budget_from_env",
-    "cycle_budget",
-    "cycle_budgets",
     "estimate_tokens",
-    "forget_cycle_budgets",
     "is_local_url",
-    "open_cycle_budget",
 ]

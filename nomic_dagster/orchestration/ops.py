@@ -13,15 +13,17 @@ No `from __future__ import annotations` here: Dagster reads the op annotations a
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 
-from nomic_dagster.agents.llm.agent import provider_slots
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, Track
+from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import LLMCall, Spend
 from nomic_dagster.cycle.approvals import approval_hint, design_hash
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import (
     REEXECUTABLE,
     finish_cycle,
@@ -37,7 +39,7 @@ from nomic_dagster.orchestration.provider_pools import InstanceProviderSlots
 from nomic_dagster.orchestration.resources import (
     AGENT_RESOURCE_KEYS,
     NomicResource,
-    agent_backends,
+    backend_settings,
 )
 from nomic_dagster.phases.debate import counterfactual_markdown, rounds_markdown
 
@@ -187,9 +189,26 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig):
         f"cycle {cycle_id}: goal {state.goal.text!r}, agents "
         f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
-    with agent_backends(context.resources):  # the agent resources, for this phase's panel
-        new = run_phase(Phase.CONTEXT, state)
+    with op_runtime(context, settings) as runtime:
+        new = run_phase(Phase.CONTEXT, state, runtime)
     yield from _emit(Phase.CONTEXT, new)
+
+
+@contextmanager
+def op_runtime(
+    context: dg.OpExecutionContext, settings: CycleSettings, calls_models: bool = False
+) -> Iterator[CycleRuntime]:
+    """The runtime of one step: the agent resources' backends, in this step's process; for a
+    step that calls models, a slot of its provider's pool (nomic_llm_<provider>) held across
+    runs by every call; the agents' breakers carried between steps and runs in the state
+    folder (steps may run in processes of their own)."""
+    runtime = CycleRuntime.for_settings(
+        settings,
+        backends=backend_settings(context.resources),
+        provider_slots=InstanceProviderSlots(context) if calls_models else None,
+    )
+    with runtime.persisted_breakers():
+        yield runtime
 
 
 def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
@@ -212,11 +231,8 @@ def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
                 state = with_earlier_attempts(state)
             state = state.model_copy(update={"run_id": context.run_id})
         # run_phase logs start, duration and outcome through the managed nomic_dagster logger
-        # the agent resources, in this step's process; each model call holds a slot of its
-        # provider's pool (nomic_llm_<provider>) across runs
-        slots = InstanceProviderSlots(context) if phase in LLM_PHASES else None
-        with agent_backends(context.resources), provider_slots(slots):
-            new = run_phase(phase, state)
+        with op_runtime(context, state.settings, calls_models=phase in LLM_PHASES) as runtime:
+            new = run_phase(phase, state, runtime)
         if phase in REEXECUTABLE_PHASES and new.outcome in REEXECUTABLE:
             # This step is the failed one, so Dagster's "re-execute from failure" runs it
             # again on its stored input: context, debate and design are not repeated.

@@ -22,23 +22,20 @@ resources:
 or in Python, `build_defs({"claude": AnthropicResource(api_key=dg.EnvVar("ANTHROPIC_API_KEY"))})`.
 A run-config block for a resource replaces its whole configuration: restate `api_key` there.
 
-How the settings reach the phases: every phase op requires these resources and runs its
-phase inside `agent_backends(context.resources)`, which installs them as the process's
-backends (`agents.backends.using_backends`) for the length of the phase. Dagster
-initialises resources in every step process, so this holds under the multiprocess executor;
-the state machine forks its phase children from a process that installed them.
+How the settings reach the phases: every phase op requires these resources and builds its
+step's `CycleRuntime` from them (`backend_settings(context.resources)`), which it passes to
+`run_phase`. Dagster initialises resources in every step process, so this holds under the
+multiprocess executor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field, ValidationError
 
-from nomic_dagster.agents.backends import BackendSettings, using_backends
+from nomic_dagster.agents.backends import BackendSettings
 from nomic_dagster.agents.cli_agent import ClaudeCodeSettings, CodexSettings
 from nomic_dagster.agents.llm.anthropic import AnthropicSettings
 from nomic_dagster.agents.llm.openai import OpenAICompatibleSettings, OpenAISettings
@@ -206,10 +203,3 @@ def backend_settings(resources: Any) -> dict[str, BackendSettings]:
                 f"fix those fields under resources.{key}.config (0 or empty means the default)",
             ) from None
     return out
-
-
-@contextmanager
-def agent_backends(resources: Any) -> Iterator[None]:
-    """Run a phase with the agent backends these resources configure."""
-    with using_backends(backend_settings(resources)):
-        yield

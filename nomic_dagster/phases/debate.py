@@ -43,8 +43,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nomic_dagster.agents import Agent, build_agent
-from nomic_dagster.agents.replay import ReplayMismatch
-from nomic_dagster.core.errors import BudgetExhausted
+from nomic_dagster.core.errors import AgentFault
 from nomic_dagster.core.records import (
     Consensus,
     ConsensusRule,
@@ -59,8 +58,7 @@ from nomic_dagster.core.records import (
     Vote,
 )
 from nomic_dagster.core.settings import CycleSettings
-from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
-from nomic_dagster.infra.pricing import cycle_budget
+from nomic_dagster.infra.breakers import BreakerRegistry, call_agent
 
 T = TypeVar("T")
 
@@ -69,18 +67,21 @@ T = TypeVar("T")
 REVISABLE = ("title", "description", "files", "evidence", "benefit", "risk", "estimated_lines")
 
 
-def _attempt(agent: Agent, step: str, failures: dict[str, str], fn: Callable[[], T]) -> T | None:
+def _attempt(
+    breakers: BreakerRegistry,
+    agent: Agent,
+    step: str,
+    failures: dict[str, str],
+    fn: Callable[[], T],
+) -> T | None:
     """Run one agent step through its circuit breaker; a failing agent drops out of the
-    debate instead of ending it, and an agent whose breaker is open is not called at all."""
+    debate instead of ending it, and an agent whose breaker is open is not called at all.
+    What ends the cycle (money, a replay that drifted) is not the agent's fault: it
+    propagates."""
     try:
-        return guarded_call(agent.name, fn)
-    except CircuitOpenError as exc:
-        failures.setdefault(agent.name, f"{step}: {exc}"[:500])
-        return None
-    except (BudgetExhausted, ReplayMismatch):
-        raise  # money, or a replay that drifted: not the agent's fault; the cycle ends
-    except Exception as exc:  # an agent's bug must not end the cycle
-        failures.setdefault(agent.name, f"{step}: {type(exc).__name__}: {exc}"[:500])
+        return call_agent(breakers, agent.name, step, fn)
+    except AgentFault as fault:
+        failures.setdefault(agent.name, f"{step}: {fault.detail}"[:500])
         return None
 
 
@@ -125,7 +126,9 @@ class _Debate:
         panel: list[Agent],
         rule: ConsensusRule,
         settings: CycleSettings,
+        breakers: BreakerRegistry,
     ) -> None:
+        self.breakers = breakers
         self.context = context
         self.goal = goal
         self.panel = panel
@@ -145,7 +148,11 @@ class _Debate:
     def propose(self) -> None:
         for agent in self.panel:
             offered = _attempt(
-                agent, "propose", self.failures, lambda a=agent: a.propose(self.context, self.goal)
+                self.breakers,
+                agent,
+                "propose",
+                self.failures,
+                lambda a=agent: a.propose(self.context, self.goal),
             )
             if offered:
                 # One proposal per agent keeps the debate even; agents list their best first.
@@ -162,6 +169,7 @@ class _Debate:
 
     def cast(self, agent: Agent, ballot: list[Proposal], critiques: list[Critique]) -> Vote | None:
         vote = _attempt(
+            self.breakers,
             agent,
             "vote",
             self.failures,
@@ -185,7 +193,7 @@ class _Debate:
                     )
                 else:
                     call = lambda a=agent, p=p: a.critique(p, self.context, self.goal)  # noqa: E731
-                c = _attempt(agent, "critique", self.failures, call)
+                c = _attempt(self.breakers, agent, "critique", self.failures, call)
                 if c is None:
                     continue
                 if c.proposal_id != p.id:
@@ -208,6 +216,7 @@ class _Debate:
                 if not about:
                     continue  # nothing to answer
                 new = _attempt(
+                    self.breakers,
                     agent,
                     "revise",
                     self.failures,
@@ -395,6 +404,7 @@ class _Debate:
         ballot = [p for p in self.proposals.values() if p.id in candidates]
         failures: dict[str, str] = {}  # the judge's own: it is not a member of the panel
         vote = _attempt(
+            self.breakers,
             judge,
             "judge",
             failures,
@@ -493,7 +503,7 @@ def build_judge(settings: CycleSettings, context: RepoContext) -> Agent | None:
     an LLM judge draws on the cycle's budget."""
     if not settings.judge.strip():
         return None
-    return build_agent(settings.judge.strip(), budget=cycle_budget(context.root))
+    return build_agent(settings.judge.strip())
 
 
 def run_debate(
@@ -504,10 +514,14 @@ def run_debate(
     settings: CycleSettings | None = None,
     *,
     judge: Agent | None = None,
+    breakers: BreakerRegistry | None = None,
 ) -> DebateResult:
     """The debate among `panel` (see the module docstring). Without `settings` the protocol
-    runs with the settings' defaults; `judge` overrides `settings.judge`."""
+    runs with the settings' defaults; `judge` overrides `settings.judge`. Every agent call
+    goes through its breaker in `breakers` (the driver's; else breakers of this debate's
+    own)."""
     settings = settings if settings is not None else CycleSettings()
     if judge is None:
         judge = build_judge(settings, context)
-    return _Debate(context, goal, panel, rule, settings).run(judge)
+    breakers = breakers if breakers is not None else BreakerRegistry()
+    return _Debate(context, goal, panel, rule, settings, breakers).run(judge)

@@ -9,12 +9,11 @@ diff is what counts.
 from __future__ import annotations
 
 from nomic_dagster.agents import Agent
-from nomic_dagster.agents.replay import ReplayMismatch
 from nomic_dagster.core import pathrules
-from nomic_dagster.core.errors import AgentError, BudgetExhausted
+from nomic_dagster.core.errors import AgentError
 from nomic_dagster.core.records import DebateResult, Design, RepoContext, ScopeDecision
 from nomic_dagster.core.settings import CycleSettings
-from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
+from nomic_dagster.infra.breakers import BreakerRegistry, call_agent
 
 
 def winning_agent(debate: DebateResult, panel: list[Agent]) -> Agent:
@@ -33,20 +32,21 @@ def design_change(
     context: RepoContext,
     settings: CycleSettings,
     designer: Agent | None = None,
+    breakers: BreakerRegistry | None = None,
 ) -> Design:
     """The design of the winning proposal, by `designer` (the `designer` setting) or else by
     the agent that proposed it."""
     proposal = debate.winner
     agent = designer or winning_agent(debate, panel)
     assert proposal is not None
-    try:
-        design = guarded_call(agent.name, lambda: agent.design(proposal, context, settings))
-    except CircuitOpenError as exc:
-        raise AgentError(agent.name, "design", str(exc)) from exc
-    except (BudgetExhausted, ReplayMismatch):  # not the agent's failure: the cycle ends
-        raise
-    except Exception as exc:
-        raise AgentError(agent.name, "design", f"{type(exc).__name__}: {exc}") from exc
+    # An agent's failure (AgentFault) ends the cycle implementation_failed in run_phase:
+    # without a design there is nothing to implement.
+    design = call_agent(
+        breakers if breakers is not None else BreakerRegistry(),
+        agent.name,
+        "design",
+        lambda: agent.design(proposal, context, settings),
+    )
     if design.proposal_id != proposal.id:
         raise AgentError(
             agent.name, "design", f"designed {design.proposal_id!r}, not {proposal.id!r}"

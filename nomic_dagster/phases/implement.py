@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from nomic_dagster.agents import Agent, WorkArea
-from nomic_dagster.agents.replay import ReplayMismatch
-from nomic_dagster.core.errors import BudgetExhausted, ImplementationFailed
+from nomic_dagster.core.errors import AgentFault, AgentNotCalled, ImplementationFailed
 from nomic_dagster.core.records import ChangeSet, Design, RepoContext, Workspace
 from nomic_dagster.core.settings import CycleSettings
-from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
+from nomic_dagster.infra.breakers import BreakerRegistry, call_agent
 from nomic_dagster.infra.git import collect_changes, start_branch
 
 
@@ -19,6 +18,7 @@ def implement_design(
     workspace: Workspace,
     context: RepoContext,
     settings: CycleSettings,
+    breakers: BreakerRegistry | None = None,
 ) -> ChangeSet:
     start_branch(workspace)
     area = WorkArea(
@@ -27,17 +27,17 @@ def implement_design(
         settings=settings,
         context=context,
     )
+    breakers = breakers if breakers is not None else BreakerRegistry()
     try:
-        # ImplementationFailed is the agent answering "cannot be done": not a fault of the agent
-        summary = guarded_call(
-            agent.name, lambda: agent.implement(design, area), benign=(ImplementationFailed,)
+        # ImplementationFailed is the agent answering "cannot be done": it ends the cycle
+        # and does not count against the agent's breaker
+        summary = call_agent(
+            breakers, agent.name, "implement", lambda: agent.implement(design, area)
         )
-    except CircuitOpenError as exc:
-        raise ImplementationFailed(f"{agent.name} was not called: {exc}") from exc
-    except (ImplementationFailed, BudgetExhausted, ReplayMismatch):
-        raise
-    except Exception as exc:
-        raise ImplementationFailed(f"{agent.name} crashed: {type(exc).__name__}: {exc}") from exc
+    except AgentNotCalled as fault:
+        raise ImplementationFailed(f"{agent.name} was not called: {fault.detail}") from fault
+    except AgentFault as fault:
+        raise ImplementationFailed(f"{agent.name} crashed: {fault.detail}") from fault
     changes = collect_changes(workspace, summary=summary)
     if changes.empty:
         raise ImplementationFailed(f"{agent.name} made no change to the worktree")

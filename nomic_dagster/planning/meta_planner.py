@@ -55,11 +55,11 @@ import pandas as pd
 from pydantic import Field
 
 from nomic_dagster.agents import build_agent, panel_names
-from nomic_dagster.core.errors import BadInput, BudgetExhausted
+from nomic_dagster.core.errors import AgentFault, BadInput, BudgetExhausted, CycleEnded
 from nomic_dagster.core.goals import CandidateGoal, GoalPlanner, GoalProposal, GoalVote
 from nomic_dagster.core.records import Outcome, Phase, Record, Track, utcnow
 from nomic_dagster.core.settings import CycleSettings, state_dir
-from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
+from nomic_dagster.infra.breakers import BreakerRegistry, call_agent
 from nomic_dagster.infra.git import close_workspace, git, is_url, open_workspace
 from nomic_dagster.infra.pricing import Budget
 from nomic_dagster.phases.context import recent_churn, scan_markers, scan_modules
@@ -440,9 +440,11 @@ class MetaPlanner:
         mode: PlannerMode = "scan",
         planner_agents: Sequence[str | GoalPlanner] = (),
         budget_usd: float | None = None,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         """`planner_agents`: agent names or import paths (built with the planner's own
-        budget of `budget_usd`, None or <= 0: unlimited) or agent objects (debate mode)."""
+        budget of `budget_usd`, None or <= 0: unlimited) or agent objects (debate mode);
+        each is called through its breaker in `breakers` (else the planner's own)."""
         if mode not in ("scan", "debate"):
             raise BadInput(f"planner mode {mode!r} is unknown", "use mode 'scan' or 'debate'")
         self.store = store
@@ -457,6 +459,7 @@ class MetaPlanner:
         self.mode: PlannerMode = mode
         self.planner_agents = list(planner_agents)
         self.budget = Budget(budget_usd if budget_usd is not None and budget_usd > 0 else None)
+        self.breakers = breakers if breakers is not None else BreakerRegistry()
         self._names: dict[str, str] | None = None
 
     # ------------------------------------------------------------ scanning
@@ -781,13 +784,13 @@ class MetaPlanner:
             out.failures.setdefault(agent.name, f"{step}: not asked, the planner budget is spent")
             return None
         try:
-            return guarded_call(agent.name, fn)
+            return call_agent(self.breakers, agent.name, step, fn)
         except BudgetExhausted as exc:
             out.budget_exhausted = True
             out.failures.setdefault(agent.name, f"{step}: {exc}"[:500])
-        except CircuitOpenError as exc:
-            out.failures.setdefault(agent.name, f"{step}: {exc}"[:500])
-        except Exception as exc:  # an agent's failure must not fail the plan
+        except AgentFault as fault:  # an agent's failure must not fail the plan
+            out.failures.setdefault(agent.name, f"{step}: {fault.detail}"[:500])
+        except CycleEnded as exc:  # bad input (a missing key, ...): the scan plan stands
             out.failures.setdefault(agent.name, f"{step}: {type(exc).__name__}: {exc}"[:500])
         return None
 

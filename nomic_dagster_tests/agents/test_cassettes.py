@@ -34,20 +34,15 @@ from nomic_dagster.agents.llm.agent import (
     VoteOut,
 )
 from nomic_dagster.agents.llm.anthropic import AnthropicBackend
-from nomic_dagster.agents.replay import (
-    ReplayBackend,
-    ReplayMismatch,
-    load_cassette,
-    replay_panel,
-)
-from nomic_dagster.core.errors import BadInput
+from nomic_dagster.agents.replay import ReplayBackend, load_cassette, replay_panel
+from nomic_dagster.core.errors import BadInput, ReplayMismatch
 from nomic_dagster.core.records import CycleRecord, Outcome, utcnow
 from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import Usage
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import drive_cycle, finish_cycle
 from nomic_dagster.drivers.state_machine import NomicStateMachine, create_nomic_state_machine
-from nomic_dagster.infra.breakers import get_breaker_registry
 from nomic_dagster.infra.pricing import DEFAULT_PRICES
 from nomic_dagster.planning.cycle_store import get_cycle_store
 from nomic_dagster_tests.support import llm_scripts as ls
@@ -187,9 +182,9 @@ def test_a_changed_target_is_prompt_drift_that_ends_the_replay(
     (calc_repo / "calc" / "extra.py").write_text("def square(x):\n    return x * x\n")
     commit_all(calc_repo, "add square()")
 
-    replayed = drive_cycle(
-        settings_for(calc_repo, agents=["claude", "gpt"], replay_from=record.cycle_id)
-    )
+    settings = settings_for(calc_repo, agents=["claude", "gpt"], replay_from=record.cycle_id)
+    runtime = CycleRuntime.for_settings(settings)
+    replayed = drive_cycle(settings, runtime=runtime)
     again = finish_cycle(replayed)
 
     assert again.outcome is Outcome.BAD_INPUT and again.commit_sha is None
@@ -202,7 +197,7 @@ def test_a_changed_target_is_prompt_drift_that_ends_the_replay(
     assert "fix: replay against the target commit" in again.reason
     assert replayed.debate is None  # the debate ended at its first call
     # a drifted replay is bad input, not the agent failing: its breaker counts nothing
-    assert get_breaker_registry().get_or_create("claude").failures == 0
+    assert runtime.breakers.get_or_create("claude").failures == 0
     # only the recorded cycle's branch exists
     assert run_git(calc_repo, "branch", "--list", "nomic/*").split() == [record.branch]
 

@@ -23,7 +23,7 @@ from nomic_dagster.agents.cli_agent import ClaudeCodeAgent, CodexAgent
 from nomic_dagster.core.errors import BadInput, BudgetExhausted, ImplementationFailed
 from nomic_dagster.core.records import Design, Goal, Outcome
 from nomic_dagster.cycle.steps import run_cycle
-from nomic_dagster.infra.pricing import Budget, forget_cycle_budgets
+from nomic_dagster.infra.pricing import Budget
 from nomic_dagster_tests.support.agents_for_tests import GATE_REPO, ScriptedAgent
 from nomic_dagster_tests.support.repo_builders import (
     build_context,
@@ -113,9 +113,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY", "CODEX_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("NOMIC_BUDGET_USD", raising=False)
-    forget_cycle_budgets()
     yield bindir
-    forget_cycle_budgets()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from nomic_dagster.core.events import EventType, NomicEvent, bus
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import run_cycle
 from nomic_dagster.drivers.recovery import (
     RecoveryAction,
@@ -23,7 +24,6 @@ from nomic_dagster.infra.breakers import (
     CircuitBreaker,
     CircuitOpenError,
     CircuitState,
-    get_breaker_registry,
 )
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import make_repo, settings_for
@@ -261,7 +261,6 @@ def test_registry_and_its_snapshot_cross_processes(tmp_path: Path) -> None:
 
     registry.reset_all()
     assert registry.open_breakers() == [] and a.failures == 0
-    assert get_breaker_registry() is get_breaker_registry()
 
 
 # ---------------------------------------------------------------- wired into cycles
@@ -273,13 +272,14 @@ def test_an_agent_failing_three_cycles_is_skipped_while_the_debate_goes_on(
     ta.ProposeRaiser.calls.clear()
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
     settings = settings_for(repo, agents=[ta.spec(ta.GoodAgent), ta.spec(ta.ProposeRaiser)])
-    records = [run_cycle(settings) for _ in range(4)]
+    runtime = CycleRuntime.for_settings(settings)  # one driver: its breakers span its cycles
+    records = [run_cycle(settings, runtime=runtime) for _ in range(4)]
 
     assert [r.outcome.value for r in records] == ["committed"] * 4  # the debate went on
     assert len(ta.ProposeRaiser.calls) == 3  # called in cycles 1-3, not in cycle 4
-    breaker = get_breaker_registry().get("propose-raiser")
+    breaker = runtime.breakers.get("propose-raiser")
     assert breaker is not None and breaker.state is CircuitState.OPEN
-    assert get_breaker_registry().get("good").state is CircuitState.CLOSED  # type: ignore[union-attr]
+    assert runtime.breakers.get("good").state is CircuitState.CLOSED  # type: ignore[union-attr]
 
     failures = [e for e in events if e.type is EventType.AGENT_FAILURE]
     by_cycle = {e.cycle_id: e.error for e in failures if e.data["agent"] == "propose-raiser"}

@@ -34,7 +34,6 @@ from nomic_dagster.core.states import is_valid_transition, merge_state_config
 from nomic_dagster.cycle.history import CycleHistory
 from nomic_dagster.cycle.steps import run_phase
 from nomic_dagster.drivers.recovery import RecoveryAction, RecoveryDecision
-from nomic_dagster.infra.breakers import get_breaker_registry
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import make_repo, run_git, settings_for
 from nomic_dagster_tests.support.snapshots import checkout_snapshot, nomic_branches, worktrees
@@ -602,8 +601,8 @@ def test_circuit_breakers_span_phase_processes(
 ) -> None:
     """Agents run in a phase's child process; their breakers must still accumulate in the
     machine's process, across phases and cycles."""
-    registry = get_breaker_registry()
     sm = machine(tmp_path, repo, ta.GoodAgent, ta.ProposeRaiser)
+    registry = sm.runtime.breakers
     for n in range(1, 4):
         record = asyncio.run(sm.run(goal="x"))
         assert record is not None and record.outcome is Outcome.COMMITTED, record.reason

@@ -18,16 +18,15 @@ import pytest
 from pydantic import SecretStr
 
 from nomic_dagster.agents import AGENTS_ENV, agents_from_env, build_agent, panel_names
-from nomic_dagster.agents.backends import active_backends, using_backends
 from nomic_dagster.agents.cli_agent import ClaudeCodeSettings, CodexAgent
 from nomic_dagster.agents.llm.anthropic import AnthropicAgent, AnthropicSettings
 from nomic_dagster.agents.llm.openai import OpenAICompatibleSettings
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import Outcome
+from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import run_cycle
 from nomic_dagster.definitions import build_defs, nomic_cycle_job
 from nomic_dagster.drivers.state_machine import create_nomic_state_machine
-from nomic_dagster.infra.pricing import forget_cycle_budgets
 from nomic_dagster.orchestration.resources import (
     AGENT_RESOURCE_KEYS,
     AnthropicResource,
@@ -73,14 +72,11 @@ BACKEND_ENV = (
 
 @pytest.fixture(autouse=True)
 def no_backend_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No key, no URL, no panel in the environment; fresh budgets; no installed backends."""
+    """No key, no URL, no panel in the environment."""
     for name in BACKEND_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "1")
-    forget_cycle_budgets()
     yield
-    forget_cycle_budgets()
-    assert active_backends() == {}, "a phase left its backends installed"
 
 
 def cycle_config(**fields: object) -> dict:
@@ -181,16 +177,6 @@ def test_the_compatible_server_with_its_own_url_never_gets_the_openai_key(
         base_url="http://127.0.0.1:11434/v1", model="qwen", api_key=SecretStr("local-key")
     ).resolved()
     assert keyed.key() == "local-key"
-
-
-def test_using_backends_is_scoped_to_the_block() -> None:
-    settings = AnthropicSettings(model="claude-haiku-4-5")
-    with using_backends({"claude": settings}):
-        assert active_backends() == {"claude": settings}
-        with using_backends({}):
-            assert active_backends() == {}
-        assert active_backends() == {"claude": settings}
-    assert active_backends() == {}
 
 
 # ---------------------------------------------------------------- $NOMIC_AGENTS
@@ -365,19 +351,20 @@ def test_codex_agent_takes_its_settings_binary(tmp_path: Path) -> None:
     assert isinstance(agent, CodexAgent) and agent.binary == str(codex)
 
 
-def test_the_state_machines_phase_children_use_the_installed_backends(
+def test_the_state_machines_phase_children_use_the_runtimes_backends(
     calc_repo: Path, tmp_path: Path
 ) -> None:
-    """The library driver forks a child per phase: backends installed around `sm.run` (no
-    environment variable at all) reach every one of them."""
+    """The library driver forks a child per phase: the backends of the machine's runtime
+    (no environment variable at all) reach every one of them."""
     with FakeAnthropicServer(ls.anthropic_script(ls.winning_steps("claude:1"))) as server:
         claude = AnthropicSettings(api_key=SecretStr(CLAUDE_KEY), base_url=server.base_url)
+        settings = settings_for(calc_repo, agents=["claude"])
         sm = create_nomic_state_machine(
             checkpoint_dir=tmp_path / "checkpoints",
-            settings=settings_for(calc_repo, agents=["claude"]),
+            settings=settings,
+            runtime=CycleRuntime.for_settings(settings, backends={"claude": claude}),
         )
-        with using_backends({"claude": claude}):
-            record = asyncio.run(sm.run(goal="add a helper"))
+        record = asyncio.run(sm.run(goal="add a helper"))
     assert record is not None and record.outcome is Outcome.COMMITTED, record
     assert {"submit_proposals", "submit_design", "submit_edits"} <= set(server.steps())
     assert "NOMICFAKEKEY" not in files_text(tmp_path / "checkpoints")

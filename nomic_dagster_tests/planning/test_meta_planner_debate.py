@@ -14,7 +14,7 @@ import dagster as dg
 import pytest
 
 from nomic_dagster.core.records import Track
-from nomic_dagster.infra.breakers import get_breaker_registry
+from nomic_dagster.infra.breakers import BreakerRegistry
 from nomic_dagster.orchestration.assets import learning_assets
 from nomic_dagster.planning.cycle_store import get_cycle_store
 from nomic_dagster.planning.meta_planner import VOTE_WEIGHT, MetaPlanner, PlanTarget, Priorities
@@ -188,13 +188,16 @@ def test_failures_fall_back_to_the_scan_with_the_reason(
     rich_repo: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = [PlanTarget(origin=str(rich_repo))]
+    breakers = BreakerRegistry()  # what one driver's planners share: they span plans
     scan = planner(state_dir).prioritize(target)
     assert scan.mode == "scan" and scan.requested_mode == "scan" and scan.fallback_reason == ""
 
     with FakeAnthropicServer() as server:  # no script: every request answers HTTP 500
         server.enqueue(server_error(500), server_error(500))
         use_anthropic(monkeypatch, server)
-        broken = planner(state_dir, mode="debate", planner_agents=["claude"]).prioritize(target)
+        broken = planner(
+            state_dir, mode="debate", planner_agents=["claude"], breakers=breakers
+        ).prioritize(target)
         assert len(server.api_requests()) == 2  # plan and vote each tried once (no retries)
     assert broken.mode == "scan" and broken.requested_mode == "debate"
     assert broken.fallback_reason.startswith("no planner agent voted")
@@ -211,10 +214,14 @@ def test_failures_fall_back_to_the_scan_with_the_reason(
     garbage = ls.Steps(submit_goals={"goals": "none"}, submit_goal_votes={"ballot": []})
     with FakeAnthropicServer(ls.anthropic_script(garbage)) as server:
         use_anthropic(monkeypatch, server)
-        junk = planner(state_dir, mode="debate", planner_agents=["claude"]).prioritize(target)
+        junk = planner(
+            state_dir, mode="debate", planner_agents=["claude"], breakers=breakers
+        ).prioritize(target)
         assert server.steps() == ["submit_goals", "submit_goals"]  # the ask and its repair
         # ...and with the breaker open claude is not called at all
-        skipped = planner(state_dir, mode="debate", planner_agents=["claude"]).prioritize(target)
+        skipped = planner(
+            state_dir, mode="debate", planner_agents=["claude"], breakers=breakers
+        ).prioritize(target)
         assert len(server.api_requests()) == 2
     assert junk.mode == "scan" and "malformed output after one repair prompt" in (
         junk.fallback_reason
@@ -222,7 +229,7 @@ def test_failures_fall_back_to_the_scan_with_the_reason(
     assert junk.cost_usd > 0  # answers that were not valid were still billed
     assert skipped.mode == "scan" and "circuit open for agent 'claude'" in skipped.fallback_reason
     assert [g.goal for g in skipped.goals] == [g.goal for g in scan.goals]
-    get_breaker_registry().clear()
+    breakers.clear()
 
     # no key, and an offline tool that has no planning step: nothing to debate with
     monkeypatch.delenv("ANTHROPIC_API_KEY")

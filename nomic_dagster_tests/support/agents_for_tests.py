@@ -17,6 +17,8 @@ from typing import ClassVar
 from nomic_dagster.agents.base import WorkArea
 from nomic_dagster.core.records import Critique, Design, Goal, Proposal, RepoContext, Vote
 from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.core.usage import LLMCall, Usage
+from nomic_dagster.infra.pricing import Budget
 
 GATE_REPO = {
     "calc/__init__.py": "",
@@ -263,19 +265,17 @@ class CrashAgent(ScriptedAgent):
 
 class SpendingAgent(ScriptedAgent):
     """A good agent that pays for its calls the way LLM agents do: its proposal is one
-    priced call recorded in the cycle's budget (`pricing.cycle_budget`, keyed by the
-    worktree), which the cycle store reads back as this agent's tokens and USD."""
+    priced call recorded in the phase's budget (which the registry gives it), which the cycle store reads back as this agent's tokens and USD."""
 
     name = "spender"
     kind = "scripted-paid"
     USD: ClassVar[float] = 0.015
     TOKENS: ClassVar[tuple[int, int]] = (1200, 300)
+    budget: Budget | None = None
 
     def propose(self, context: RepoContext, goal: Goal) -> list[Proposal]:
-        from nomic_dagster.core.usage import LLMCall, Usage
-        from nomic_dagster.infra.pricing import cycle_budget
-
-        budget = cycle_budget(context.root, None)
+        budget = self.budget
+        assert budget is not None, "the registry gives a paying agent the phase's budget"
         reservation = budget.reserve(self.USD, f"{self.name} propose")
         call = LLMCall(
             agent=self.name,

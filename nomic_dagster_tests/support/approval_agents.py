@@ -11,7 +11,7 @@ from nomic_dagster.agents.base import WorkArea
 from nomic_dagster.core.records import Critique, Design, Goal, Proposal, RepoContext, Vote
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.usage import LLMCall, Usage
-from nomic_dagster.infra.pricing import cycle_budget
+from nomic_dagster.infra.pricing import Budget
 from nomic_dagster_tests.support.agents_for_tests import ScriptedAgent, _note
 
 
@@ -50,9 +50,11 @@ class FlakyImplementer(CountingAgent):
 
     name = "flaky"
     IMPLEMENT_USD = 0.01
+    budget: Budget | None = None  # the phase's, given by the registry
 
     def implement(self, design: Design, area: WorkArea) -> str:
-        budget = cycle_budget(area.context.root)
+        budget = self.budget
+        assert budget is not None, "the registry gives a paying agent the phase's budget"
         reservation = budget.reserve(self.IMPLEMENT_USD, f"{self.name} implement")
         budget.settle(reservation, self.IMPLEMENT_USD)
         usage = Usage(input_tokens=100, output_tokens=50, usd=self.IMPLEMENT_USD)

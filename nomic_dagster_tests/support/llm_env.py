@@ -7,8 +7,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from nomic_dagster.infra.pricing import forget_cycle_budgets
-
 LLM_ENV = (
     "ANTHROPIC_API_KEY",
     "ANTHROPIC_AUTH_TOKEN",
@@ -39,6 +37,4 @@ def clean_llm_env(monkeypatch: pytest.MonkeyPatch, max_retries: int = 0) -> Iter
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", str(max_retries))
     monkeypatch.setenv("NOMIC_LLM_TIMEOUT_S", "20")
-    forget_cycle_budgets()
     yield
-    forget_cycle_budgets()

@@ -29,8 +29,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,7 +46,7 @@ from nomic_dagster.core.goals import CandidateGoal, GoalProposal, GoalVote
 from nomic_dagster.core.records import Critique, Design, Goal, Proposal, RepoContext, Track, Vote
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.usage import LLMCall, Usage
-from nomic_dagster.infra.pricing import Budget, Price, cycle_budget, estimate_tokens
+from nomic_dagster.infra.pricing import Budget, Price, estimate_tokens
 
 log = logging.getLogger("nomic_dagster.agents.llm.agent")
 
@@ -124,24 +124,6 @@ class ProviderSlots(Protocol):
     (`nomic_llm_<provider>`), so the limit holds across runs; elsewhere there is none."""
 
     def hold(self, provider: str) -> AbstractContextManager[None]: ...
-
-
-_provider_slots: ProviderSlots | None = None
-
-
-@contextmanager
-def provider_slots(slots: ProviderSlots | None) -> Iterator[None]:
-    """Calls made inside take their provider's slot from `slots`."""
-    global _provider_slots
-    before, _provider_slots = _provider_slots, slots
-    try:
-        yield
-    finally:
-        _provider_slots = before
-
-
-def provider_slot(provider: str) -> AbstractContextManager[None]:
-    return _provider_slots.hold(provider) if _provider_slots is not None else nullcontext()
 
 
 # ---------------------------------------------------------------- shared backend plumbing
@@ -680,6 +662,8 @@ class LLMAgent:
         self.max_tokens = max_tokens
         self.budget = budget
         self.budget_limit_usd = budget_limit_usd
+        # Given by the registry (`build_agent`): who may call the provider right now.
+        self.slots: ProviderSlots | None = None
         self.context_chars = context_chars
         self.usage: list[LLMCall] = []
 
@@ -695,10 +679,12 @@ class LLMAgent:
             total = total + call.usage
         return total
 
-    def budget_for(self, key: str) -> Budget:
-        if self.budget is not None:
-            return self.budget
-        return cycle_budget(key, self.budget_limit_usd)
+    def budget_for(self) -> Budget:
+        """The budget this agent draws on: the phase's (given by the registry), else one
+        of its own with its configured limit (an agent used outside a cycle)."""
+        if self.budget is None:
+            self.budget = Budget(self.budget_limit_usd)
+        return self.budget
 
     # ------------------------------------------------------------ prompts
 
@@ -739,7 +725,6 @@ class LLMAgent:
     def _call(
         self,
         step: str,
-        budget_key: str,
         system: list[SystemBlock],
         messages: list[Turn],
         schema: type[M],
@@ -748,7 +733,7 @@ class LLMAgent:
         chars = sum(len(b.text) for b in system) + sum(len(t.text) for t in messages)
         chars += _schemas_chars() + PROMPT_OVERHEAD_CHARS
         worst = self.price.worst_case(estimate_tokens(chars), self.max_tokens)
-        budget = self.budget_for(budget_key)
+        budget = self.budget_for()
         what = f"{self.name} {step} ({self.backend.model}, max_tokens={self.max_tokens})"
         reservation = budget.reserve(worst, what)  # BudgetExhausted: nothing is sent
         call = LLMCall(
@@ -761,7 +746,7 @@ class LLMAgent:
         )
         try:
             try:
-                with provider_slot(self.backend.provider):
+                with self.slots.hold(self.backend.provider) if self.slots else nullcontext():
                     result, usage = self.backend.complete(system, messages, schema, self.max_tokens)
             except StructuredOutputError as exc:
                 exc.usage = self.price.priced(exc.usage)
@@ -806,7 +791,6 @@ class LLMAgent:
     def _ask(
         self,
         step: str,
-        budget_key: str,
         system: list[SystemBlock],
         messages: list[Turn],
         schema: type[M],
@@ -818,7 +802,7 @@ class LLMAgent:
         for attempt in (1, 2):
             label = step if attempt == 1 else f"{step}:repair"
             try:
-                answer = self._call(label, budget_key, system, convo, schema)
+                answer = self._call(label, system, convo, schema)
             except StructuredOutputError as exc:
                 raw, detail = exc.raw, exc.detail
             else:
@@ -851,7 +835,7 @@ class LLMAgent:
             "of benefit, risk and size. Propose nothing rather than something useless."
         )
         system = self._system(context, goal, len(task))
-        answer, _ = self._ask("propose", context.root, system, [Turn("user", task)], ProposalsOut)
+        answer, _ = self._ask("propose", system, [Turn("user", task)], ProposalsOut)
         return [
             Proposal(
                 id=f"{self.name}:{n}",
@@ -889,7 +873,7 @@ class LLMAgent:
             "Score 0..1 (higher is better for the proposal)."
         )
         system = self._system(context, goal, len(task))
-        answer, _ = self._ask("critique", context.root, system, [Turn("user", task)], CritiqueOut)
+        answer, _ = self._ask("critique", system, [Turn("user", task)], CritiqueOut)
         return Critique(
             critic=self.name,
             proposal_id=proposal.id,
@@ -926,9 +910,7 @@ class LLMAgent:
                     f"proposal_id {answer.proposal_id!r} is not one of {', '.join(ids)}"
                 )
 
-        answer, _ = self._ask(
-            "vote", context.root, system, [Turn("user", task)], VoteOut, check=known
-        )
+        answer, _ = self._ask("vote", system, [Turn("user", task)], VoteOut, check=known)
         return Vote(
             voter=self.name,
             proposal_id=answer.proposal_id,
@@ -959,9 +941,7 @@ class LLMAgent:
             if answer.revise and not answer.files:
                 raise ValueError("a revised proposal must name at least one file")
 
-        answer, _ = self._ask(
-            "revise", context.root, system, [Turn("user", task)], ReviseOut, check=complete
-        )
+        answer, _ = self._ask("revise", system, [Turn("user", task)], ReviseOut, check=complete)
         if not answer.revise:
             return None
         return proposal.model_copy(
@@ -989,7 +969,7 @@ class LLMAgent:
             f"`{settings.test_command}` will verify it, and the risk."
         )
         system = self._system(context, goal, len(task))
-        answer, _ = self._ask("design", context.root, system, [Turn("user", task)], DesignOut)
+        answer, _ = self._ask("design", system, [Turn("user", task)], DesignOut)
         return Design(
             proposal_id=proposal.id,
             agent=self.name,
@@ -1016,8 +996,7 @@ class LLMAgent:
             f"The files, as they are now:\n{files}\n\n{EDIT_FORMAT}"
         )
         system = self._system(area.context, goal, len(task))
-        key = area.context.root
-        answer, convo = self._ask("implement", key, system, [Turn("user", task)], EditsOut)
+        answer, convo = self._ask("implement", system, [Turn("user", task)], EditsOut)
         protected = list(settings.protected_paths)
         try:
             applied = apply_edits(root, answer.edits, answer.diff or None, protected)
@@ -1029,7 +1008,7 @@ class LLMAgent:
                 f"{_file_blocks(root, design.files, file_budget)}\n\n"
                 "Send the complete set of edits again, fixing exactly these problems.",
             )
-            answer, _ = self._ask("implement:repair-edits", key, system, [*convo, repair], EditsOut)
+            answer, _ = self._ask("implement:repair-edits", system, [*convo, repair], EditsOut)
             try:
                 applied = apply_edits(root, answer.edits, answer.diff or None, protected)
             except EditRejected as second:
@@ -1072,9 +1051,7 @@ class LLMAgent:
                 raise ValueError(f"based_on {bad} is not a candidate id ({', '.join(sorted(ids))})")
 
         system = self._planner_system(objective, context)
-        answer, _ = self._ask(
-            "plan", "planner", system, [Turn("user", task)], GoalPlanOut, check=known
-        )
+        answer, _ = self._ask("plan", system, [Turn("user", task)], GoalPlanOut, check=known)
         return [
             GoalProposal(
                 agent=self.name,
@@ -1112,7 +1089,7 @@ class LLMAgent:
 
         system = self._planner_system(objective, context)
         answer, _ = self._ask(
-            "vote-goals", "planner", system, [Turn("user", task)], GoalBallotOut, check=known
+            "vote-goals", system, [Turn("user", task)], GoalBallotOut, check=known
         )
         best: dict[str, GoalVote] = {}
         for v in answer.votes:  # one vote per goal: a repeated id keeps its highest confidence
