@@ -6,7 +6,7 @@ proposals (criterion "size": small diffs are easy to review and to revert). Its 
 runs the CLI non-interactively in the worktree — stdin closed, cwd the worktree, the whole
 process group killed at `$NOMIC_CLI_AGENT_TIMEOUT_S` (default 1200 s) — with a prompt built
 from the design. Another agent can hand its winning design to a CLI agent by calling its
-`implement` (see the tests' delegating proposer). The CLI never commits; the loop's verify
+`implement`, passing on its own `budget` (see the tests' delegating proposer). The CLI never commits; the loop's verify
 gates judge the final diff whatever the CLI reports.
 
 The executable is found on PATH (`claude`, `codex`) or given by `$NOMIC_CLAUDE_CODE_BIN` /

@@ -302,9 +302,10 @@ class ClaudeDelegator(ScriptedAgent):
     """Proposes and designs the scripted change; hands the implementation to `claude -p`."""
 
     name = "delegator"
+    budget: Budget | None = None  # the phase's (the registry gives it): what claude may spend
 
     def implement(self, design: Design, area: WorkArea) -> str:
-        return ClaudeCodeAgent().implement(design, area)
+        return ClaudeCodeAgent(budget=self.budget).implement(design, area)
 
 
 def test_a_cycle_with_claude_code_as_implementer_lands_a_verified_commit(
