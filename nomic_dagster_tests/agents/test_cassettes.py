@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,7 +55,6 @@ from nomic_dagster_tests.support.fake_llm_servers import (
     FakeOpenAIServer,
     Reply,
 )
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import commit_all, make_repo, run_git, settings_for
 
 # Distinctive fake keys: any trace of them in a cassette is a leak.
@@ -65,9 +63,7 @@ OPENAI_KEY = "sk-proj-DISTINCTIVE-cassette-openai-8e2d6c4a0b9f1375"
 KEY_MARKER = "DISTINCTIVE"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=0)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,6 @@ from nomic_dagster_tests.support.fake_llm_servers import (
     server_error,
     truncated_json,
 )
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import (
     build_context,
     make_repo,
@@ -56,9 +54,12 @@ OPENAI_KEY = "sk-proj-NOMICFAKEKEY-openai-0d1e2f3a4b5c6d7e8f9a"
 KEY_MARKER = "NOMICFAKEKEY"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=2)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
+
+
+@pytest.fixture
+def llm_max_retries() -> int:
+    return 2  # the SDK retries twice here: the 429 and HTTP 500 tests count on it
 
 
 @pytest.fixture

@@ -27,14 +27,6 @@ def _tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
-@pytest.fixture
-def events() -> list[NomicEvent]:
-    seen: list[NomicEvent] = []
-    unsubscribe = bus.subscribe(seen.append)
-    yield seen
-    unsubscribe()
-
-
 def test_a_committed_cycle_emits_its_whole_story(events: list[NomicEvent], tmp_path: Path) -> None:
     EXPORTER.clear()
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)

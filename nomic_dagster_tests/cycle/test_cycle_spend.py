@@ -32,8 +32,8 @@ from nomic_dagster.orchestration.provider_pools import provider_pool
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support import llm_scripts as ls
 from nomic_dagster_tests.support.fake_llm_servers import FakeAnthropicServer, FakeOpenAIServer
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import make_repo, settings_for
+from nomic_dagster_tests.support.run_configs import cycle_config, fast_cycle_config
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 EXECUTE = ["job", "execute", "-m", "nomic_dagster.definitions", "-j", "nomic_cycle"]
@@ -43,9 +43,7 @@ ANTHROPIC_KEY = "sk-ant-test-spend-0123456789"
 OPENAI_KEY = "sk-test-spend-0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=0)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
 
 
 @pytest.fixture
@@ -84,15 +82,7 @@ def test_multiprocess_run_records_every_call_and_its_phase(
         dg.reconstructable(nomic_cycle_job),
         instance=instance,
         run_config={
-            "ops": {
-                "context_op": {
-                    "config": {
-                        "repo": str(repo),
-                        "agents": ["claude", "gpt"],
-                        "test_command": settings_for(repo).test_command,
-                    }
-                }
-            },
+            **fast_cycle_config(repo=str(repo), agents=["claude", "gpt"]),
             "execution": {"config": {"multiprocess": {"max_concurrent": 1}}},
         },
         tags={"nomic/cycle_id": "c-mp"},
@@ -200,7 +190,7 @@ def run_two_cycles_at_once(
         fields = {"repo": str(repo), "agents": agents}
         fields["test_command"] = settings_for(repo).test_command
         run_config = tmp_path / f"run{n}.yaml"
-        run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
+        run_config.write_text(yaml.safe_dump(cycle_config(**fields)))
         runs.append(
             subprocess.Popen(
                 [DAGSTER, *EXECUTE, "-c", str(run_config)],

@@ -22,6 +22,7 @@ from nomic_dagster.infra import metrics
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo, settings_for
+from nomic_dagster_tests.support.run_configs import fast_cycle_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NOMIC = str(Path(sys.executable).parent / "nomic")
@@ -135,17 +136,7 @@ def test_a_dagster_run_moves_the_same_counters(
         job = defs.get_job_def("nomic_cycle")
         result = job.execute_in_process(
             instance=instance,
-            run_config={
-                "ops": {
-                    "context_op": {
-                        "config": {
-                            "repo": str(repo),
-                            "agents": [ta.spec(ta.Breaker)],
-                            "test_command": FAST_TEST_COMMAND,
-                        }
-                    }
-                }
-            },
+            run_config=fast_cycle_config(repo=str(repo), agents=[ta.spec(ta.Breaker)]),
             tags={"nomic/cycle_id": "metrics-dg"},
             raise_on_error=False,
         )
