@@ -31,8 +31,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 test: install
 	$(BIN)/pytest
 
+## ruff, and the layers contract of pyproject.toml ([tool.importlinter]: each folder imports only
+## from the folders below it; Dagster only in orchestration/ and definitions.py).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-logo
 
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
