@@ -114,6 +114,7 @@ def entries(path: Path) -> list[CassetteEntry]:
 # ---------------------------------------------------------------- whole cycles
 
 
+@pytest.mark.slow
 def test_a_recorded_cycle_replays_to_the_same_decisions_and_diff(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -176,6 +177,7 @@ def test_a_recorded_cycle_replays_to_the_same_decisions_and_diff(
         assert "x-api-key" not in text.lower() and "authorization" not in text.lower()
 
 
+@pytest.mark.slow
 def test_a_changed_target_is_prompt_drift_that_ends_the_replay(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -344,6 +346,7 @@ def test_a_cassette_line_is_json_with_the_secrets_redacted_and_replays_in_order(
     )
 
 
+@pytest.mark.slow
 def test_phases_in_child_processes_record_one_cassette_and_replay_from_it(
     calc_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +384,7 @@ def test_phases_in_child_processes_record_one_cassette_and_replay_from_it(
     )
 
 
+@pytest.mark.slow
 def test_a_designer_outside_the_panel_is_recorded_and_replayed(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -134,6 +134,7 @@ def scan_for_keys(*texts: str, paths: tuple[Path, ...] = ()) -> list[str]:
 # ---------------------------------------------------------------- full cycles
 
 
+@pytest.mark.slow
 def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     calc_repo: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -235,6 +236,7 @@ def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     assert "claude-sonnet-4-6" in caplog.text and "Request options" in caplog.text
 
 
+@pytest.mark.slow
 def test_mixed_panel_of_claude_and_an_offline_agent(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -751,6 +753,7 @@ def test_the_budget_runs_out_in_the_middle_of_a_debate_with_bounded_overshoot(
     assert budget.spent_usd - budget.limit_usd <= largest  # ... by at most one call
 
 
+@pytest.mark.slow
 def test_the_cycle_budget_spans_phases(calc_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The panel is built anew in every phase; without an explicit budget its agents share
     one per cycle, so a limit that the debate nearly uses up stops the design call."""

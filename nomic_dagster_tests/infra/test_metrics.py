@@ -55,6 +55,7 @@ def server() -> metrics.MetricsServer:
     srv.stop()
 
 
+@pytest.mark.slow
 def test_plain_cycles_move_the_counters_seen_over_http(
     server: metrics.MetricsServer, tmp_path: Path
 ) -> None:
@@ -125,6 +126,7 @@ def test_plain_cycles_move_the_counters_seen_over_http(
     assert delta(before, after, "nomic_cycle_duration_seconds_count", outcome="committed") == 2
 
 
+@pytest.mark.slow
 def test_a_dagster_run_moves_the_same_counters(
     server: metrics.MetricsServer, tmp_path: Path, state_dir: Path
 ) -> None:
@@ -223,6 +225,7 @@ def test_install_is_idempotent_and_build_defs_serves_from_the_environment(
         served.stop()
 
 
+@pytest.mark.slow
 def test_multiprocess_mode_one_endpoint_for_every_process(tmp_path: Path) -> None:
     """`nomic run` in one process, `nomic metrics-server` in another, one folder between them."""
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)

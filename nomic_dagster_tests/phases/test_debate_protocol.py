@@ -465,6 +465,7 @@ def test_the_quorum_is_capped_at_the_panel_size(context: RepoContext) -> None:
 # ---------------------------------------------------------------- Dagster metadata
 
 
+@pytest.mark.slow
 def test_the_debate_op_shows_each_round_and_the_vote_only_counterfactual(
     instance: dg.DagsterInstance, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -581,6 +582,7 @@ REVISED_DOCS = {
 }
 
 
+@pytest.mark.slow
 def test_claude_and_gpt_debate_two_rounds_through_the_real_sdks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm_env: None
 ) -> None:

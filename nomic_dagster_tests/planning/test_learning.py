@@ -96,6 +96,7 @@ def materialize_learning(instance, res: dict[str, object]) -> dg.ExecuteInProces
     return result
 
 
+@pytest.mark.slow
 def test_cycles_feed_the_learning_assets_and_automation_refreshes_them(
     instance, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -182,6 +183,7 @@ def _planted_frame(**values: object) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.slow
 def test_asset_checks_fail_on_planted_nonsense(instance) -> None:
     @dg.asset(name="agent_performance")
     def planted_performance() -> pd.DataFrame:
@@ -218,6 +220,7 @@ def test_asset_checks_fail_on_planted_nonsense(instance) -> None:
     )
 
 
+@pytest.mark.slow
 def test_priorities_rank_the_signal_rich_module_first(
     instance, state_dir: Path, tmp_path: Path
 ) -> None:

@@ -248,6 +248,7 @@ def test_the_planner_budget_stops_calls_before_they_are_sent(
     assert result.llm_calls == 0 and result.cost_usd == 0 and result.goals
 
 
+@pytest.mark.slow
 def test_the_asset_plans_in_debate_mode_on_a_real_instance(
     instance: dg.DagsterInstance,
     rich_repo: Path,
