@@ -73,6 +73,7 @@ def nomic_cycle_job() -> dg.JobDefinition:
     return build_defs().get_job_def("nomic_cycle")
 
 
+@pytest.mark.slow
 def test_multiprocess_run_records_every_call_and_its_phase(
     tmp_path: Path, instance: dg.DagsterInstance, servers
 ) -> None:
@@ -116,6 +117,7 @@ def test_multiprocess_run_records_every_call_and_its_phase(
     assert call_rows == record.llm_calls  # each call is a row of its step's `calls` table
 
 
+@pytest.mark.slow
 def test_the_budget_spans_phases_run_in_child_processes(tmp_path: Path, servers) -> None:
     """The state machine runs each phase in a child process: a budget that the debate
     nearly spends must still stop the design, which runs in a fresh process."""
@@ -144,6 +146,7 @@ def test_the_budget_spans_phases_run_in_child_processes(tmp_path: Path, servers)
     assert record.cost_by_phase == {"debate": pytest.approx(record.cost_usd)}
 
 
+@pytest.mark.slow
 def test_a_loop_budget_spans_its_cycles(tmp_path: Path, servers) -> None:
     """NomicLoop(budget_usd=...) is a budget per run: each cycle may spend what the earlier
     ones left, and the loop stops when a cycle could not make a call."""
@@ -221,6 +224,7 @@ class TimedAgent(ta.ScriptedAgent):
         return super().propose(context, goal)
 
 
+@pytest.mark.slow
 def test_the_llm_pool_limits_model_calling_steps_across_runs(
     tmp_path: Path, state_dir: Path
 ) -> None:
@@ -252,6 +256,7 @@ def test_the_llm_pool_limits_model_calling_steps_across_runs(
         assert inst.event_log_storage.get_concurrency_info(LLM_POOL).slot_count == 1
 
 
+@pytest.mark.slow
 def test_a_provider_pool_limits_concurrent_calls_across_runs(
     tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
