@@ -8,7 +8,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # Lets `dagster job execute -j nomic_cycle` find the definitions without -m.
 export DAGSTER_CLI_JOB_EXECUTE_MODULE_NAME := nomic_dagster.definitions
 
-.PHONY: install demo test lint format bench dev clean
+.PHONY: install demo test test-fast lint format bench dev clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,24 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/nomic-report
 
 ## The whole test suite (PostgreSQL tests skip when no server runs, unless NOMIC_REQUIRE_SERVICES=1).
+## CI (.ci/run) runs this one.
 test: install
 	$(BIN)/pytest
 
+# The unit layer: what is left without the end-to-end folders (orchestration/: Dagster runs, the
+# daemon, `dagster dev`; cli/: the console scripts in subprocesses) and without the tests marked
+# slow (whole cycles, child processes) or postgres.
+FAST_TESTS := -m "not slow and not postgres" \
+	--ignore=nomic_dagster_tests/orchestration --ignore=nomic_dagster_tests/cli
+
+## For development: the unit layer in a few minutes. `make test` stays the whole suite.
+test-fast: install
+	$(BIN)/pytest $(FAST_TESTS)
+
+## ruff, and the layers contract of pyproject.toml ([tool.importlinter]: each folder imports only
+## from the folders below it; Dagster only in orchestration/ and definitions.py).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-logo
 
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

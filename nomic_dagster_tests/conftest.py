@@ -1,15 +1,19 @@
-"""Shared fixtures: every test gets its own nomic state folder and a fixed git identity."""
+"""Shared fixtures: every test gets its own nomic state folder and a fixed git identity; the
+setup that many modules need (a Dagster instance, the event bus, a clean LLM environment) is
+here once, the plain helper functions are in support/."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from nomic_dagster.core.events import NomicEvent, bus
+from nomic_dagster_tests.support.dagster_home import DagsterHome, dagster_home
+from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import GIT_ENV
 
 REQUIRE_SERVICES = os.environ.get("NOMIC_REQUIRE_SERVICES") == "1"
@@ -53,14 +57,38 @@ def state_dir(_isolated_env: Path) -> Path:
     return _isolated_env
 
 
-def git_out(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True, check=True
-    ).stdout
-
-
 @pytest.fixture
 def instance():
     """A temporary Dagster instance (SQLite in a temp dir)."""
     with dg.instance_for_test() as inst:
         yield inst
+
+
+@pytest.fixture
+def launch_home(tmp_path: Path) -> Iterator[DagsterHome]:
+    """A Dagster home of the test's own for launched runs, its instance open; start a real
+    daemon on it with `launch_home.daemon()`."""
+    with dagster_home(tmp_path / "home") as home:
+        yield home
+
+
+@pytest.fixture
+def events() -> Iterator[list[NomicEvent]]:
+    """Every event published on the bus while the test runs, in order."""
+    seen: list[NomicEvent] = []
+    unsubscribe = bus.subscribe(seen.append)
+    yield seen
+    unsubscribe()
+
+
+@pytest.fixture
+def llm_max_retries() -> int:
+    """How often the SDK clients retry under `llm_env`; a module overrides this fixture."""
+    return 0
+
+
+@pytest.fixture
+def llm_env(monkeypatch: pytest.MonkeyPatch, llm_max_retries: int) -> Iterator[None]:
+    """A clean LLM environment for tests that talk to the loopback servers (support/llm_env.py).
+    A module that needs it for every test says `pytestmark = pytest.mark.usefixtures("llm_env")`."""
+    yield from clean_llm_env(monkeypatch, max_retries=llm_max_retries)

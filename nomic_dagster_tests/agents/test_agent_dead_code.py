@@ -175,6 +175,7 @@ def test_proposes_dead_definitions_and_unreachable_code_with_names_and_lines(
     assert 0.1 < proposal.benefit < 1.0
 
 
+@pytest.mark.slow
 def test_implement_removes_dead_code_keeps_the_rest_and_the_tests_pass(
     planted: Path, tmp_path: Path
 ):
@@ -210,6 +211,7 @@ def test_implement_removes_dead_code_keeps_the_rest_and_the_tests_pass(
     assert status(planted) == [" M pkg/core.py"]
 
 
+@pytest.mark.slow
 def test_a_removal_the_tests_reject_is_put_back(tmp_path: Path):
     repo = make_repo(
         tmp_path / "repo",
@@ -272,6 +274,7 @@ def test_a_removal_the_tests_reject_is_put_back(tmp_path: Path):
     assert changed_files(repo) == ["pkg/plugins.py", "pkg/util.py"]
 
 
+@pytest.mark.slow
 def test_when_every_removal_breaks_the_tests_nothing_changes(tmp_path: Path):
     repo = make_repo(
         tmp_path / "repo",
@@ -331,6 +334,7 @@ def generated_repo(
     ("package", "modules", "dead", "used", "max_files"),
     [("orbit", 2, 2, 1, 5), ("ledger_kit", 4, 1, 2, 3)],
 )
+@pytest.mark.slow
 def test_works_on_a_generated_repository(
     tmp_path: Path, package: str, modules: int, dead: int, used: int, max_files: int
 ):
@@ -365,6 +369,7 @@ def test_works_on_a_generated_repository(
     assert changed_files(repo) == sorted(chosen)
 
 
+@pytest.mark.slow
 def test_same_repository_gives_identical_proposals_and_output(tmp_path: Path):
     a = make_repo(tmp_path / "a", PLANTED)
     b = tmp_path / "b"

@@ -108,6 +108,7 @@ def test_proposes_files_with_most_fixable_findings_with_numbers(planted: Path, t
     assert small.estimated_lines < proposal.estimated_lines
 
 
+@pytest.mark.slow
 def test_implement_applies_safe_fixes_and_formats_only_the_design_files(
     planted: Path, tmp_path: Path
 ):
@@ -259,6 +260,7 @@ def test_works_on_a_generated_repository(
     assert {f.path for f in ruff_findings(repo)} == set(left)
 
 
+@pytest.mark.slow
 def test_same_repository_gives_identical_proposals_and_output(tmp_path: Path):
     a = make_repo(tmp_path / "a", PLANTED)
     b = tmp_path / "b"

@@ -318,6 +318,7 @@ def verify_generated(repo: Path, module_path: str, existing: str, new: str, scra
 # ---------------------------------------------------------------- propose
 
 
+@pytest.mark.slow
 def test_proposal_names_the_module_and_its_untested_functions(main_runs: tuple[Done, Done]) -> None:
     done = main_runs[0]
     p = done.proposal
@@ -433,6 +434,7 @@ def test_implement_writes_characterization_tests(main_runs: tuple[Done, Done]) -
     assert status(done.repo) == [f"?? {MAIN.test_path}"]
 
 
+@pytest.mark.slow
 def test_generated_tests_pass_three_times_and_raise_coverage(
     main_runs: tuple[Done, Done], tmp_path: Path
 ) -> None:
@@ -454,6 +456,7 @@ def test_same_repository_gives_identical_output(main_runs: tuple[Done, Done]) ->
     assert one.summary == two.summary
 
 
+@pytest.mark.slow
 def test_unfamiliar_src_layout_repository(tmp_path: Path) -> None:
     """Other names and constants, a src/ layout, no tests/ folder: the file goes to the root
     and finds the package by itself."""

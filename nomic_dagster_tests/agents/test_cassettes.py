@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,6 @@ from nomic_dagster_tests.support.fake_llm_servers import (
     FakeOpenAIServer,
     Reply,
 )
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import commit_all, make_repo, run_git, settings_for
 
 # Distinctive fake keys: any trace of them in a cassette is a leak.
@@ -60,9 +58,7 @@ OPENAI_KEY = "sk-proj-DISTINCTIVE-cassette-openai-8e2d6c4a0b9f1375"
 KEY_MARKER = "DISTINCTIVE"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=0)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
 
 
 @pytest.fixture
@@ -113,6 +109,7 @@ def entries(path: Path) -> list[CassetteEntry]:
 # ---------------------------------------------------------------- whole cycles
 
 
+@pytest.mark.slow
 def test_a_recorded_cycle_replays_to_the_same_decisions_and_diff(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +172,7 @@ def test_a_recorded_cycle_replays_to_the_same_decisions_and_diff(
         assert "x-api-key" not in text.lower() and "authorization" not in text.lower()
 
 
+@pytest.mark.slow
 def test_a_changed_target_is_prompt_drift_that_ends_the_replay(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -343,6 +341,7 @@ def test_a_cassette_line_is_json_with_the_secrets_redacted_and_replays_in_order(
     )
 
 
+@pytest.mark.slow
 def test_phases_in_child_processes_record_one_cassette_and_replay_from_it(
     calc_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,6 +379,7 @@ def test_phases_in_child_processes_record_one_cassette_and_replay_from_it(
     )
 
 
+@pytest.mark.slow
 def test_a_designer_outside_the_panel_is_recorded_and_replayed(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

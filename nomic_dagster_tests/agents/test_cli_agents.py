@@ -308,6 +308,7 @@ class ClaudeDelegator(ScriptedAgent):
         return ClaudeCodeAgent(budget=self.budget).implement(design, area)
 
 
+@pytest.mark.slow
 def test_a_cycle_with_claude_code_as_implementer_lands_a_verified_commit(
     cli_env: Path, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -373,6 +374,7 @@ def test_codex_has_no_spend_cap_flag_and_a_spent_budget_refuses_it(
     assert not argv_out.exists()
 
 
+@pytest.mark.slow
 def test_a_cycle_budget_caps_claude_code_as_the_implementer(
     cli_env: Path, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

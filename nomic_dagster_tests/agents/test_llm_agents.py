@@ -11,7 +11,6 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,6 @@ from nomic_dagster_tests.support.fake_llm_servers import (
     server_error,
     truncated_json,
 )
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import (
     build_context,
     make_repo,
@@ -56,9 +54,12 @@ OPENAI_KEY = "sk-proj-NOMICFAKEKEY-openai-0d1e2f3a4b5c6d7e8f9a"
 KEY_MARKER = "NOMICFAKEKEY"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=2)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
+
+
+@pytest.fixture
+def llm_max_retries() -> int:
+    return 2  # the SDK retries twice here: the 429 and HTTP 500 tests count on it
 
 
 @pytest.fixture
@@ -133,6 +134,7 @@ def scan_for_keys(*texts: str, paths: tuple[Path, ...] = ()) -> list[str]:
 # ---------------------------------------------------------------- full cycles
 
 
+@pytest.mark.slow
 def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     calc_repo: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -234,6 +236,7 @@ def test_claude_and_gpt_panel_lands_a_verified_commit_and_leaks_no_key(
     assert "claude-sonnet-4-6" in caplog.text and "Request options" in caplog.text
 
 
+@pytest.mark.slow
 def test_mixed_panel_of_claude_and_an_offline_agent(
     calc_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -750,6 +753,7 @@ def test_the_budget_runs_out_in_the_middle_of_a_debate_with_bounded_overshoot(
     assert budget.spent_usd - budget.limit_usd <= largest  # ... by at most one call
 
 
+@pytest.mark.slow
 def test_the_cycle_budget_spans_phases(calc_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The panel is built anew in every phase; without an explicit budget its agents share
     one per cycle, so a limit that the debate nearly uses up stops the design call."""

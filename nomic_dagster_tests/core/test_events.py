@@ -27,14 +27,7 @@ def _tracing() -> None:
     trace.set_tracer_provider(provider)
 
 
-@pytest.fixture
-def events() -> list[NomicEvent]:
-    seen: list[NomicEvent] = []
-    unsubscribe = bus.subscribe(seen.append)
-    yield seen
-    unsubscribe()
-
-
+@pytest.mark.slow
 def test_a_committed_cycle_emits_its_whole_story(events: list[NomicEvent], tmp_path: Path) -> None:
     EXPORTER.clear()
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
@@ -64,6 +57,7 @@ def test_a_committed_cycle_emits_its_whole_story(events: list[NomicEvent], tmp_p
     assert all(e.trace_id for e in phase_events)  # events carry the span's trace id
 
 
+@pytest.mark.slow
 def test_failures_are_events(events: list[NomicEvent], tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
     record = run_cycle(CycleSettings(repo=str(repo), agents=[ta.spec(ta.Breaker)]))
@@ -75,6 +69,7 @@ def test_failures_are_events(events: list[NomicEvent], tmp_path: Path) -> None:
     assert mine[-1].data["outcome"] == "verification_failed"
 
 
+@pytest.mark.slow
 def test_a_failing_listener_does_not_break_the_cycle(
     events: list[NomicEvent], tmp_path: Path
 ) -> None:

@@ -56,6 +56,7 @@ def assert_no_trace(repo: Path, before: dict[str, str]) -> None:
         "crash",
     ],
 )
+@pytest.mark.slow
 def test_gate_ends_cycle_without_commit(
     gate_repo: Path, agents: tuple[type, ...], outcome: Outcome, gate: str | None
 ) -> None:
@@ -70,6 +71,7 @@ def test_gate_ends_cycle_without_commit(
     assert not (state_dir() / "worktrees" / record.cycle_id).exists()
 
 
+@pytest.mark.slow
 def test_no_consensus_records_both_rounds(gate_repo: Path) -> None:
     record = run_cycle(settings_for(gate_repo, ta.SelfishA, ta.SelfishB, ta.SelfishC))
     assert record.proposals == 3
@@ -77,6 +79,7 @@ def test_no_consensus_records_both_rounds(gate_repo: Path) -> None:
     assert "two_thirds" in record.reason and "1/3" in record.reason
 
 
+@pytest.mark.slow
 def test_unanimous_rule_is_applied(gate_repo: Path) -> None:
     # two agents agree (both vote for the first id), one dissents: enough for two thirds, not for all
     agents = (ta.GoodAgent, ta.ProtectedDesigner, ta.SelfishC)
@@ -86,6 +89,7 @@ def test_unanimous_rule_is_applied(gate_repo: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_good_change_commits_and_leaves_checkout_alone(gate_repo: Path) -> None:
     before = checkout_snapshot(gate_repo)
     record = run_cycle(settings_for(gate_repo, ta.GoodAgent, track="qa"))
@@ -133,6 +137,7 @@ def test_unknown_base_branch(gate_repo: Path) -> None:
     assert_no_trace(gate_repo, before)
 
 
+@pytest.mark.slow
 def test_detached_head(gate_repo: Path) -> None:
     run_git(gate_repo, "checkout", "--quiet", "--detach", "HEAD")
     before = checkout_snapshot(gate_repo)
@@ -170,6 +175,7 @@ def test_unknown_agent(gate_repo: Path) -> None:
     assert_no_trace(gate_repo, before)
 
 
+@pytest.mark.slow
 def test_baseline_red(tmp_path: Path) -> None:
     files = dict(ta.GATE_REPO)
     files["tests/test_broken.py"] = "def test_broken():\n    assert 1 == 2\n"
@@ -182,6 +188,7 @@ def test_baseline_red(tmp_path: Path) -> None:
     assert_no_trace(repo, before)
 
 
+@pytest.mark.slow
 def test_no_tests_collected_is_baseline_red_unless_allowed(tmp_path: Path) -> None:
     repo = make_repo(
         tmp_path / "untested",

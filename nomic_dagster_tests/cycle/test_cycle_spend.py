@@ -32,8 +32,8 @@ from nomic_dagster.orchestration.provider_pools import provider_pool
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support import llm_scripts as ls
 from nomic_dagster_tests.support.fake_llm_servers import FakeAnthropicServer, FakeOpenAIServer
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import make_repo, settings_for
+from nomic_dagster_tests.support.run_configs import cycle_config, fast_cycle_config
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 EXECUTE = ["job", "execute", "-m", "nomic_dagster.definitions", "-j", "nomic_cycle"]
@@ -43,9 +43,7 @@ ANTHROPIC_KEY = "sk-ant-test-spend-0123456789"
 OPENAI_KEY = "sk-test-spend-0123456789abcdef"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=0)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
 
 
 @pytest.fixture
@@ -75,6 +73,7 @@ def nomic_cycle_job() -> dg.JobDefinition:
     return build_defs().get_job_def("nomic_cycle")
 
 
+@pytest.mark.slow
 def test_multiprocess_run_records_every_call_and_its_phase(
     tmp_path: Path, instance: dg.DagsterInstance, servers
 ) -> None:
@@ -84,15 +83,7 @@ def test_multiprocess_run_records_every_call_and_its_phase(
         dg.reconstructable(nomic_cycle_job),
         instance=instance,
         run_config={
-            "ops": {
-                "context_op": {
-                    "config": {
-                        "repo": str(repo),
-                        "agents": ["claude", "gpt"],
-                        "test_command": settings_for(repo).test_command,
-                    }
-                }
-            },
+            **fast_cycle_config(repo=str(repo), agents=["claude", "gpt"]),
             "execution": {"config": {"multiprocess": {"max_concurrent": 1}}},
         },
         tags={"nomic/cycle_id": "c-mp"},
@@ -126,6 +117,7 @@ def test_multiprocess_run_records_every_call_and_its_phase(
     assert call_rows == record.llm_calls  # each call is a row of its step's `calls` table
 
 
+@pytest.mark.slow
 def test_the_budget_spans_phases_run_in_child_processes(tmp_path: Path, servers) -> None:
     """The state machine runs each phase in a child process: a budget that the debate
     nearly spends must still stop the design, which runs in a fresh process."""
@@ -154,6 +146,7 @@ def test_the_budget_spans_phases_run_in_child_processes(tmp_path: Path, servers)
     assert record.cost_by_phase == {"debate": pytest.approx(record.cost_usd)}
 
 
+@pytest.mark.slow
 def test_a_loop_budget_spans_its_cycles(tmp_path: Path, servers) -> None:
     """NomicLoop(budget_usd=...) is a budget per run: each cycle may spend what the earlier
     ones left, and the loop stops when a cycle could not make a call."""
@@ -200,7 +193,7 @@ def run_two_cycles_at_once(
         fields = {"repo": str(repo), "agents": agents}
         fields["test_command"] = settings_for(repo).test_command
         run_config = tmp_path / f"run{n}.yaml"
-        run_config.write_text(yaml.safe_dump({"ops": {"context_op": {"config": fields}}}))
+        run_config.write_text(yaml.safe_dump(cycle_config(**fields)))
         runs.append(
             subprocess.Popen(
                 [DAGSTER, *EXECUTE, "-c", str(run_config)],
@@ -231,6 +224,7 @@ class TimedAgent(ta.ScriptedAgent):
         return super().propose(context, goal)
 
 
+@pytest.mark.slow
 def test_the_llm_pool_limits_model_calling_steps_across_runs(
     tmp_path: Path, state_dir: Path
 ) -> None:
@@ -262,6 +256,7 @@ def test_the_llm_pool_limits_model_calling_steps_across_runs(
         assert inst.event_log_storage.get_concurrency_info(LLM_POOL).slot_count == 1
 
 
+@pytest.mark.slow
 def test_a_provider_pool_limits_concurrent_calls_across_runs(
     tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -17,6 +17,7 @@ from nomic_dagster_tests.support.snapshots import checkout_snapshot, nomic_branc
 GOOD = [ta.spec(ta.GoodAgent)]
 
 
+@pytest.mark.slow
 def test_nomic_repo_env_names_the_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo = make_repo(tmp_path / "env-target", ta.GATE_REPO)
     monkeypatch.setenv("NOMIC_REPO", str(repo))
@@ -25,6 +26,7 @@ def test_nomic_repo_env_names_the_target(tmp_path: Path, monkeypatch: pytest.Mon
     assert nomic_branches(repo) == [record.branch]
 
 
+@pytest.mark.slow
 def test_run_config_wins_over_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from_env = make_repo(tmp_path / "env-target", ta.GATE_REPO)
     from_config = make_repo(tmp_path / "config-target", ta.GATE_REPO)
@@ -34,6 +36,7 @@ def test_run_config_wins_over_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert nomic_branches(from_env) == [] and nomic_branches(from_config) == [record.branch]
 
 
+@pytest.mark.slow
 def test_git_url_is_cloned_into_the_state_folder(tmp_path: Path) -> None:
     upstream = make_repo(tmp_path / "upstream", ta.GATE_REPO)
     before = checkout_snapshot(upstream)
@@ -56,6 +59,7 @@ def test_unreachable_url_is_bad_input() -> None:
     assert "cannot clone" in record.reason and "fix:" in record.reason
 
 
+@pytest.mark.slow
 def test_demo_is_copied_fresh_for_every_cycle() -> None:
     # the scripted agent cannot edit the demo (no calc/ops.py): only the copies matter here
     first = run_cycle(CycleSettings(agents=GOOD, goal="x"))
@@ -70,6 +74,7 @@ def test_demo_is_copied_fresh_for_every_cycle() -> None:
     assert not (DEMO_REPO / ".git").exists()
 
 
+@pytest.mark.slow
 def test_demo_can_be_named_explicitly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOMIC_REPO", str(tmp_path / "ignored"))  # the config wins over the env
     record = run_cycle(CycleSettings(repo="demo", agents=GOOD, goal="x"))

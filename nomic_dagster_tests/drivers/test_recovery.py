@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from nomic_dagster.core.events import EventType, NomicEvent, bus
+from nomic_dagster.core.events import EventType, NomicEvent
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import run_cycle
 from nomic_dagster.drivers.recovery import (
@@ -37,14 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def events() -> list[NomicEvent]:
-    seen: list[NomicEvent] = []
-    unsubscribe = bus.subscribe(seen.append)
-    yield seen
-    unsubscribe()
 
 
 def manager(breakers: BreakerRegistry | None = None) -> RecoveryManager:

@@ -22,6 +22,7 @@ from nomic_dagster.infra import metrics
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo, settings_for
+from nomic_dagster_tests.support.run_configs import fast_cycle_config
 
 ROOT = Path(__file__).resolve().parents[2]
 NOMIC = str(Path(sys.executable).parent / "nomic")
@@ -54,6 +55,7 @@ def server() -> metrics.MetricsServer:
     srv.stop()
 
 
+@pytest.mark.slow
 def test_plain_cycles_move_the_counters_seen_over_http(
     server: metrics.MetricsServer, tmp_path: Path
 ) -> None:
@@ -124,6 +126,7 @@ def test_plain_cycles_move_the_counters_seen_over_http(
     assert delta(before, after, "nomic_cycle_duration_seconds_count", outcome="committed") == 2
 
 
+@pytest.mark.slow
 def test_a_dagster_run_moves_the_same_counters(
     server: metrics.MetricsServer, tmp_path: Path, state_dir: Path
 ) -> None:
@@ -135,17 +138,7 @@ def test_a_dagster_run_moves_the_same_counters(
         job = defs.get_job_def("nomic_cycle")
         result = job.execute_in_process(
             instance=instance,
-            run_config={
-                "ops": {
-                    "context_op": {
-                        "config": {
-                            "repo": str(repo),
-                            "agents": [ta.spec(ta.Breaker)],
-                            "test_command": FAST_TEST_COMMAND,
-                        }
-                    }
-                }
-            },
+            run_config=fast_cycle_config(repo=str(repo), agents=[ta.spec(ta.Breaker)]),
             tags={"nomic/cycle_id": "metrics-dg"},
             raise_on_error=False,
         )
@@ -232,6 +225,7 @@ def test_install_is_idempotent_and_build_defs_serves_from_the_environment(
         served.stop()
 
 
+@pytest.mark.slow
 def test_multiprocess_mode_one_endpoint_for_every_process(tmp_path: Path) -> None:
     """`nomic run` in one process, `nomic metrics-server` in another, one folder between them."""
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)

@@ -40,11 +40,11 @@ from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support import llm_scripts as ls
 from nomic_dagster_tests.support.fake_llm_servers import FakeAnthropicServer
 from nomic_dagster_tests.support.repo_builders import (
-    FAST_TEST_COMMAND,
     make_repo,
     run_git,
     settings_for,
 )
+from nomic_dagster_tests.support.run_configs import fast_cycle_config
 
 # Distinctive: any trace of it in the instance's storage or the state folder is a leak.
 CLAUDE_KEY = "sk-ant-api03-NOMICFAKEKEY-resource-5e6f7a8b9c0d"
@@ -77,10 +77,6 @@ def no_backend_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NOMIC_LLM_MAX_RETRIES", "1")
     yield
-
-
-def cycle_config(**fields: object) -> dict:
-    return {"ops": {"context_op": {"config": {"test_command": FAST_TEST_COMMAND, **fields}}}}
 
 
 def trailers(repo: Path, sha: str) -> str:
@@ -216,7 +212,7 @@ def test_the_job_takes_its_panel_from_nomic_agents_and_the_run_config_wins(
     monkeypatch.setenv(AGENTS_ENV, f"{ta.spec(ta.ScriptedAgent)},{ta.spec(ta.GoodAgent)}")
     job = build_defs({"nomic": NomicResource(state_dir=str(state_dir))}).get_job_def("nomic_cycle")
     # the job's default config (what the launchpad shows) names no agents: $NOMIC_AGENTS
-    result = job.execute_in_process(instance=instance, run_config=cycle_config(repo=str(repo)))
+    result = job.execute_in_process(instance=instance, run_config=fast_cycle_config(repo=str(repo)))
     record = result.output_for_node("record_cycle_op")
     assert record.outcome is Outcome.COMMITTED, record.reason
     assert record.agents == [ta.spec(ta.ScriptedAgent), ta.spec(ta.GoodAgent)]
@@ -224,7 +220,7 @@ def test_the_job_takes_its_panel_from_nomic_agents_and_the_run_config_wins(
     # a run config that names agents wins over the variable
     result = job.execute_in_process(
         instance=instance,
-        run_config=cycle_config(repo=str(repo), agents=[ta.spec(ta.GoodAgent)]),
+        run_config=fast_cycle_config(repo=str(repo), agents=[ta.spec(ta.GoodAgent)]),
     )
     record = result.output_for_node("record_cycle_op")
     assert record.outcome is Outcome.COMMITTED, record.reason
@@ -248,7 +244,7 @@ def test_a_claude_resource_with_an_env_var_key_lands_a_commit_and_stores_no_key(
         defs = build_defs({"nomic": NomicResource(state_dir=str(state_dir)), "claude": claude})
         result = defs.get_job_def("nomic_cycle").execute_in_process(
             instance=instance,
-            run_config=cycle_config(repo=str(calc_repo), agents=["claude", "lint-fixer"]),
+            run_config=fast_cycle_config(repo=str(calc_repo), agents=["claude", "lint-fixer"]),
             tags={"nomic/cycle_id": "c-claude"},
         )
     assert result.success
@@ -285,7 +281,7 @@ def test_claude_designs_and_a_codex_executable_implements_outside_the_panel(
         )
         result = defs.get_job_def("nomic_cycle").execute_in_process(
             instance=instance,
-            run_config=cycle_config(
+            run_config=fast_cycle_config(
                 repo=str(repo),
                 agents=[ta.spec(ta.ScriptedAgent)],
                 designer="claude",
@@ -329,7 +325,7 @@ def test_resources_set_in_run_config_reach_every_step_process(
     monkeypatch.setenv(KEY_VAR, CLAUDE_KEY)
     with FakeAnthropicServer(ls.anthropic_script(ls.winning_steps("claude:1"))) as server:
         run_config = {
-            **cycle_config(repo=str(calc_repo), agents=["claude"]),
+            **fast_cycle_config(repo=str(calc_repo), agents=["claude"]),
             "resources": {
                 "claude": {"config": {"api_key": {"env": KEY_VAR}, "base_url": server.base_url}}
             },

@@ -34,6 +34,7 @@ from nomic_dagster_tests.planning.test_learning import RICH_REPO
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.learning_fixtures import planted_record, resources
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
+from nomic_dagster_tests.support.run_configs import cycle_config, fast_cycle_config
 
 WHEN = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 
@@ -196,7 +197,7 @@ def test_goals_wait_for_an_automation_tick_after_their_plan(
 def _bad_input_run(defs: dg.Definitions, instance, tmp_path: Path) -> dg.ExecuteInProcessResult:
     result = defs.get_job_def("nomic_cycle_qa").execute_in_process(
         instance=instance,
-        run_config={"ops": {"context_op": {"config": {"repo": str(tmp_path / "missing")}}}},
+        run_config=cycle_config(repo=str(tmp_path / "missing")),
         raise_on_error=False,
     )
     assert not result.success
@@ -231,17 +232,9 @@ def test_failure_sensor_pauses_a_track_after_n_failures_until_reset(
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
     ok = defs.get_job_def("nomic_cycle_qa").execute_in_process(
         instance=instance,
-        run_config={
-            "ops": {
-                "context_op": {
-                    "config": {
-                        "repo": str(repo),
-                        "agents": [ta.spec(a) for a in (ta.SelfishA, ta.SelfishB, ta.SelfishC)],
-                        "test_command": FAST_TEST_COMMAND,
-                    }
-                }
-            }
-        },
+        run_config=fast_cycle_config(
+            repo=str(repo), agents=[ta.spec(a) for a in (ta.SelfishA, ta.SelfishB, ta.SelfishC)]
+        ),
     )
     assert ok.success
     fail_once()

@@ -11,6 +11,7 @@ from nomic_dagster.definitions import build_defs
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import make_repo, run_git
+from nomic_dagster_tests.support.run_configs import cycle_config
 from nomic_dagster_tests.support.snapshots import checkout_snapshot, nomic_branches
 
 CYCLE_RECORDS = dg.AssetKey("cycle_records")
@@ -21,10 +22,6 @@ def job(state_dir: Path, instance: dg.DagsterInstance) -> dg.JobDefinition:
     # Built while the test's instance is current: Dagster resolves definitions against the
     # current instance's state storage, which must not be a finished test's instance.
     return build_defs({"nomic": NomicResource(state_dir=str(state_dir))}).get_job_def("nomic_cycle")
-
-
-def cycle_config(**fields: object) -> dict:
-    return {"ops": {"context_op": {"config": fields}}}
 
 
 def materialization(instance: dg.DagsterInstance, cycle_id: str) -> dg.AssetMaterialization:

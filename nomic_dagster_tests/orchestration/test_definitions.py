@@ -13,6 +13,7 @@ from nomic_dagster.core.records import ConsensusRule, Track
 from nomic_dagster.core.settings import CycleSettings, RuleName, TrackName
 from nomic_dagster.definitions import build_defs, defs
 from nomic_dagster.orchestration.config import CycleConfig
+from nomic_dagster_tests.support.run_configs import cycle_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACK_LIMITS = {"sme": 2, "developer": 2, "self_hosted": 1, "qa": 3, "core": 1, "security": 2}
@@ -65,7 +66,7 @@ def test_config_and_settings_share_one_definition() -> None:
 def test_bad_run_config_is_rejected_before_the_run(field: str, value: object, message: str) -> None:
     job = defs.get_job_def("nomic_cycle")
     with pytest.raises(dg.DagsterInvalidConfigError, match=message):
-        job.execute_in_process(run_config={"ops": {"context_op": {"config": {field: value}}}})
+        job.execute_in_process(run_config=cycle_config(**{field: value}))
 
 
 def test_build_defs_overrides_resources(tmp_path: Path) -> None:

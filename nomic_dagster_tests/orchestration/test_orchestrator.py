@@ -4,24 +4,17 @@ daemon draining the runs the orchestrator queued with `dagster job launch`."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from nomic_dagster.core.records import Track
-from nomic_dagster.orchestration.instance import PROJECT_ROOT, isolated_home
 from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, route
 from nomic_dagster.planning.decomposer import SubTask
 from nomic_dagster_tests.support import agents_for_tests as ta
+from nomic_dagster_tests.support.dagster_home import DagsterHome
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
 from nomic_dagster_tests.support.snapshots import nomic_branches
-
-BIN = Path(sys.executable).parent
 
 
 def _sub(title: str, files: list[str] | None = None) -> SubTask:
@@ -38,44 +31,28 @@ def test_route_prefers_longest_folder_then_whole_word_keywords() -> None:
 
 
 @pytest.mark.slow
-def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None:
-    home = isolated_home(tmp_path / "home")
+def test_two_subtasks_run_in_dependency_order_and_commit(
+    tmp_path: Path, launch_home: DagsterHome
+) -> None:
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        # create the SQLite storages before the daemon and the launch CLI open them at once
-        # (concurrent first-time schema setup races)
-        instance.get_runs()
-        assert instance.event_log_storage is not None and instance.schedule_storage is not None
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+
+    async def go():
+        orch = await AutonomousOrchestrator.create(
+            repo=str(repo),
+            instance=launch_home.instance,
+            cycle_config={
+                "agents": [ta.spec(ta.GoodAgent)],
+                "test_command": FAST_TEST_COMMAND,
+            },
+            timeout_s=240,
         )
-        try:
+        return await orch.execute(
+            goal="Improve test coverage in debate module",
+            tracks=[Track.QA, Track.CORE],
+        )
 
-            async def go():
-                orch = await AutonomousOrchestrator.create(
-                    repo=str(repo),
-                    instance=instance,
-                    cycle_config={
-                        "agents": [ta.spec(ta.GoodAgent)],
-                        "test_command": FAST_TEST_COMMAND,
-                    },
-                    timeout_s=240,
-                )
-                return await orch.execute(
-                    goal="Improve test coverage in debate module",
-                    tracks=[Track.QA, Track.CORE],
-                )
-
-            result = asyncio.run(go())
-        finally:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+    with launch_home.daemon():
+        result = asyncio.run(go())
 
     first, second = result.subtasks
     assert (first.track, second.track) == (Track.QA, Track.CORE)
@@ -93,36 +70,32 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
     assert all(r.commit_sha for r in result.subtasks)
 
 
-def test_failed_dependency_skips_dependants(tmp_path: Path) -> None:
+def test_failed_dependency_skips_dependants(tmp_path: Path, launch_home: DagsterHome) -> None:
     """A launch that fails (unknown workspace) fails the first subtask; the second is skipped
     without a run."""
-    home = isolated_home(tmp_path / "home")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
 
-        async def go():
-            orch = await AutonomousOrchestrator.create(
-                instance=instance, workspace=tmp_path / "missing.yaml", timeout_s=60
-            )
-            return await orch.execute(goal="Improve test coverage in debate module")
+    async def go():
+        orch = await AutonomousOrchestrator.create(
+            instance=launch_home.instance, workspace=tmp_path / "missing.yaml", timeout_s=60
+        )
+        return await orch.execute(goal="Improve test coverage in debate module")
 
-        result = asyncio.run(go())
+    result = asyncio.run(go())
     first, second = result.subtasks
     assert first.status == "failed" and "launch failed" in first.reason
     assert second.status == "skipped" and second.run_id is None
     assert not result.success
 
 
-def test_agent_decomposition_scans_the_configured_target(tmp_path: Path) -> None:
-    home = isolated_home(tmp_path / "home")
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        orch = asyncio.run(
-            AutonomousOrchestrator.create(
-                repo="/some/repo",
-                instance=instance,
-                cycle_config={"agents": [ta.spec(ta.GoodAgent)]},
-                use_debate_decomposition=True,
-            )
+def test_agent_decomposition_scans_the_configured_target(launch_home: DagsterHome) -> None:
+    orch = asyncio.run(
+        AutonomousOrchestrator.create(
+            repo="/some/repo",
+            instance=launch_home.instance,
+            cycle_config={"agents": [ta.spec(ta.GoodAgent)]},
+            use_debate_decomposition=True,
         )
+    )
     assert orch.decomposer.use_debate
     assert orch.decomposer.scan_settings is not None
     assert orch.decomposer.scan_settings.repo == "/some/repo"

@@ -21,6 +21,7 @@ from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster_tests.conftest import service_missing
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import make_repo, run_git
+from nomic_dagster_tests.support.run_configs import cycle_config
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +84,7 @@ def test_cycle_on_postgres_storage(
     )
     result = job.execute_in_process(
         instance=pg_instance,
-        run_config={
-            "ops": {
-                "context_op": {"config": {"repo": str(repo), "agents": [ta.spec(ta.GoodAgent)]}}
-            }
-        },
+        run_config=cycle_config(repo=str(repo), agents=[ta.spec(ta.GoodAgent)]),
         tags={"nomic/cycle_id": "pg-1"},
     )
     assert result.success

@@ -202,6 +202,7 @@ def test_commit_message_long_title_and_hostile_rationale() -> None:
 # ---------------------------------------------------------------- the commit
 
 
+@pytest.mark.slow
 def test_commit_lands_on_the_cycle_branch_and_leaves_the_checkout_alone(tmp_path: Path) -> None:
     cycle = start_cycle(tmp_path, cycle_id="c1")
     repo, ws = cycle.repo, cycle.ws

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -42,8 +42,8 @@ from nomic_dagster.phases.debate import counterfactual_markdown, rounds_markdown
 from nomic_dagster_tests.support import llm_scripts as ls
 from nomic_dagster_tests.support.agents_for_tests import GATE_REPO
 from nomic_dagster_tests.support.fake_llm_servers import FakeAnthropicServer, FakeOpenAIServer
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, build_context, make_repo
+from nomic_dagster_tests.support.run_configs import cycle_config
 
 HERE = "nomic_dagster_tests.phases.test_debate_protocol"
 GOAL = Goal(text="Add small tested helpers to calc")
@@ -465,6 +465,7 @@ def test_the_quorum_is_capped_at_the_panel_size(context: RepoContext) -> None:
 # ---------------------------------------------------------------- Dagster metadata
 
 
+@pytest.mark.slow
 def test_the_debate_op_shows_each_round_and_the_vote_only_counterfactual(
     instance: dg.DagsterInstance, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -478,7 +479,7 @@ def test_the_debate_op_shows_each_round_and_the_vote_only_counterfactual(
     }
     result = job.execute_in_process(
         instance=instance,
-        run_config={"ops": {"context_op": {"config": config}}},
+        run_config=cycle_config(**config),
         tags={"nomic/cycle_id": "c-rounds"},
     )
     assert result.success
@@ -559,11 +560,6 @@ def test_debate_records_stored_before_the_protocol_still_load() -> None:
 # ---------------------------------------------------------------- real SDK clients
 
 
-@pytest.fixture
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=0)
-
-
 def use_servers(
     monkeypatch: pytest.MonkeyPatch, anthropic: FakeAnthropicServer, openai: FakeOpenAIServer
 ) -> None:
@@ -586,6 +582,7 @@ REVISED_DOCS = {
 }
 
 
+@pytest.mark.slow
 def test_claude_and_gpt_debate_two_rounds_through_the_real_sdks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm_env: None
 ) -> None:

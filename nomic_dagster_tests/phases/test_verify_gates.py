@@ -169,6 +169,7 @@ def cycle(tmp_path: Path) -> Cycle:
 # ---------------------------------------------------------------- a good change
 
 
+@pytest.mark.slow
 def test_good_change_passes_every_gate(cycle: Cycle) -> None:
     add_mul(cycle)
     report = cycle.verify()
@@ -184,6 +185,7 @@ def test_good_change_passes_every_gate(cycle: Cycle) -> None:
     assert report.duration_s > 0
 
 
+@pytest.mark.slow
 def test_kept_ruff_violation_and_skip_words_in_comments_pass(cycle: Cycle) -> None:
     # calc/legacy.py has an F401 at the base: touching the file keeps it, which is not new.
     cycle.replace("calc/legacy.py", 'return "old"', 'return "older"')
@@ -350,6 +352,7 @@ def test_tuple_assert_counts_as_trivially_true(cycle: Cycle) -> None:
 # ---------------------------------------------------------------- the test run
 
 
+@pytest.mark.slow
 def test_failing_test_fails_tests_pass(cycle: Cycle) -> None:
     cycle.replace("calc/core.py", "return a + b", "return a - b")
     report = cycle.verify()
@@ -367,6 +370,7 @@ def test_timeout_fails_tests_pass(cycle: Cycle) -> None:
     assert g.detail.startswith("timed out:") and "after 2s" in g.detail
 
 
+@pytest.mark.slow
 def test_no_tests_collected_fails_unless_allowed(tmp_path: Path) -> None:
     files = {k: v for k, v in REPO_FILES.items() if not k.startswith("tests/")}
     files["pyproject.toml"] = PYPROJECT.replace('testpaths = ["tests"]', "")
@@ -406,6 +410,7 @@ def test_index_changed_after_staging_fails_worktree_stable(cycle: Cycle) -> None
     assert "the index is now tree" in g.detail
 
 
+@pytest.mark.slow
 def test_tests_that_modify_tracked_files_fail_worktree_stable(cycle: Cycle) -> None:
     cycle.write(
         "tests/test_writes.py",

@@ -115,6 +115,7 @@ print(json.dumps([analyze_task(g).model_dump(mode="json") for g in goals]))
 """
 
 
+@pytest.mark.slow
 def test_same_result_under_different_hash_seeds() -> None:
     outputs = []
     for seed in ("1", "12345"):

@@ -27,7 +27,8 @@ from nomic_dagster.planning.learning import (
 from nomic_dagster.planning.meta_planner import MetaPlanner, PlanTarget, Priorities, PrioritizedGoal
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.learning_fixtures import planted_record, resources
-from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
+from nomic_dagster_tests.support.repo_builders import make_repo
+from nomic_dagster_tests.support.run_configs import fast_cycle_config
 
 LEARNING_KEYS = {
     dg.AssetKey("agent_performance"),
@@ -69,17 +70,7 @@ def run_cycle_job(
 ) -> str:
     result = defs.get_job_def("nomic_cycle").execute_in_process(
         instance=instance,
-        run_config={
-            "ops": {
-                "context_op": {
-                    "config": {
-                        "repo": str(repo),
-                        "agents": [ta.spec(a) for a in agents],
-                        "test_command": FAST_TEST_COMMAND,
-                    }
-                }
-            }
-        },
+        run_config=fast_cycle_config(repo=str(repo), agents=[ta.spec(a) for a in agents]),
         tags={"nomic/cycle_id": cycle_id},
         raise_on_error=False,
     )
@@ -105,6 +96,7 @@ def materialize_learning(instance, res: dict[str, object]) -> dg.ExecuteInProces
     return result
 
 
+@pytest.mark.slow
 def test_cycles_feed_the_learning_assets_and_automation_refreshes_them(
     instance, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -191,6 +183,7 @@ def _planted_frame(**values: object) -> pd.DataFrame:
     return frame
 
 
+@pytest.mark.slow
 def test_asset_checks_fail_on_planted_nonsense(instance) -> None:
     @dg.asset(name="agent_performance")
     def planted_performance() -> pd.DataFrame:
@@ -227,6 +220,7 @@ def test_asset_checks_fail_on_planted_nonsense(instance) -> None:
     )
 
 
+@pytest.mark.slow
 def test_priorities_rank_the_signal_rich_module_first(
     instance, state_dir: Path, tmp_path: Path
 ) -> None:

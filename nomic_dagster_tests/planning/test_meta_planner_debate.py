@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,12 @@ from nomic_dagster_tests.support.fake_llm_servers import (
     server_error,
 )
 from nomic_dagster_tests.support.learning_fixtures import resources
-from nomic_dagster_tests.support.llm_env import clean_llm_env
 from nomic_dagster_tests.support.repo_builders import make_repo
 
 OBJECTIVE = "Add tests for the rich module"
 
 
-@pytest.fixture(autouse=True)
-def llm_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    yield from clean_llm_env(monkeypatch, max_retries=0)
+pytestmark = pytest.mark.usefixtures("llm_env")  # conftest: a clean LLM environment
 
 
 @pytest.fixture
@@ -259,6 +255,7 @@ def test_the_planner_budget_stops_calls_before_they_are_sent(
     assert result.llm_calls == 0 and result.cost_usd == 0 and result.goals
 
 
+@pytest.mark.slow
 def test_the_asset_plans_in_debate_mode_on_a_real_instance(
     instance: dg.DagsterInstance,
     rich_repo: Path,

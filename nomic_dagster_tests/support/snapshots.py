@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from pathlib import Path
 
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=repo, capture_output=True, text=True, check=True
-    ).stdout
+from nomic_dagster_tests.support.repo_builders import run_git
 
 
 def checkout_snapshot(repo: Path) -> dict[str, str]:
@@ -25,16 +20,16 @@ def checkout_snapshot(repo: Path) -> dict[str, str]:
     index = repo / ".git" / "index"
     snap["<index>"] = hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else "-"
     snap["<HEAD>"] = (repo / ".git" / "HEAD").read_text()
-    refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+    refs = run_git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
     snap["<refs>"] = "\n".join(r for r in refs if not r.startswith("refs/heads/nomic/"))
-    snap["<status>"] = _git(repo, "status", "--porcelain", "--untracked-files=all")
+    snap["<status>"] = run_git(repo, "status", "--porcelain", "--untracked-files=all")
     return snap
 
 
 def nomic_branches(repo: Path) -> list[str]:
-    return _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/nomic/").split()
+    return run_git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/nomic/").split()
 
 
 def worktrees(repo: Path) -> list[str]:
-    out = _git(repo, "worktree", "list", "--porcelain")
+    out = run_git(repo, "worktree", "list", "--porcelain")
     return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")]
