@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 
 from nomic_dagster.agents.llm.agent import provider_slots
-from nomic_dagster.core.phases import PHASES, REEXECUTABLE_OUTCOMES
+from nomic_dagster.core.phases import PHASES, REEXECUTABLE_OUTCOMES, PhaseSpec
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, Track
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import LLMCall, Spend
@@ -161,18 +161,7 @@ def _emit(phase: Phase, state: CycleState) -> Iterator[dg.Output]:
     yield dg.Output(state, output_name=output, metadata=_phase_metadata(phase, state))
 
 
-_CONTEXT = PHASES[Phase.CONTEXT]
-
-
-@dg.op(
-    out=STATE_OUTS,
-    tags=op_tags(_CONTEXT, PHASE_TAG),
-    description=_CONTEXT.description,
-    pool=LLM_POOL if _CONTEXT.calls_models else None,
-    retry_policy=retry_policy(_CONTEXT),
-    required_resource_keys={"nomic", *AGENT_RESOURCE_KEYS},
-)
-def context_op(context: dg.OpExecutionContext, config: CycleConfig):
+def _context(context: dg.OpExecutionContext, config: CycleConfig, spec: PhaseSpec):
     nomic: NomicResource = context.resources.nomic
     tags = context.run_tags
     settings = config.to_settings(nomic.state_dir or None)
@@ -192,12 +181,31 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig):
         f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
     with agent_backends(context.resources):  # the agent resources, for this phase's panel
-        new = run_limited(context, Phase.CONTEXT, state, lambda s: run_phase(Phase.CONTEXT, s))
-    yield from _emit(Phase.CONTEXT, new)
+        new = run_limited(context, spec, state, lambda s: run_phase(Phase.CONTEXT, s))
+    with final_step(f"reporting context of cycle {new.cycle_id}"):
+        outputs = list(_emit(Phase.CONTEXT, new))
+    yield from outputs
 
 
-def _phase_op(phase: Phase) -> dg.OpDefinition:
-    spec = PHASES[phase]
+def phase_op(phase: Phase, spec: PhaseSpec | None = None) -> dg.OpDefinition:
+    """The op of `phase`, built from its row of the phase table (or from `spec`, e.g. a
+    shorter timeout in a test)."""
+    spec = spec or PHASES[phase]
+    if phase is Phase.CONTEXT:  # the first op: its input is the run config, not a state
+
+        @dg.op(
+            name="context_op",
+            out=STATE_OUTS,
+            tags=op_tags(spec, PHASE_TAG),
+            description=spec.description,
+            pool=LLM_POOL if spec.calls_models else None,
+            retry_policy=retry_policy(spec),
+            required_resource_keys={"nomic", *AGENT_RESOURCE_KEYS},
+        )
+        def context_op(context: dg.OpExecutionContext, config: CycleConfig):
+            yield from _context(context, config, spec)
+
+        return context_op
 
     @dg.op(
         name=f"{phase.value}_op",
@@ -226,7 +234,7 @@ def _phase_op(phase: Phase) -> dg.OpDefinition:
         # provider's pool (nomic_llm_<provider>) across runs
         slots = InstanceProviderSlots(context) if spec.calls_models else None
         with agent_backends(context.resources), provider_slots(slots):
-            new = run_limited(context, phase, state, lambda s: run_phase(phase, s))
+            new = run_limited(context, spec, state, lambda s: run_phase(phase, s))
         if spec.reexecutable and new.outcome in REEXECUTABLE_OUTCOMES:
             # This step is the failed one, so Dagster's "re-execute from failure" runs it
             # again on its stored input: context, debate and design are not repeated. Its
@@ -247,11 +255,12 @@ def _phase_op(phase: Phase) -> dg.OpDefinition:
     return _op
 
 
-debate_op = _phase_op(Phase.DEBATE)
-design_op = _phase_op(Phase.DESIGN)
-implement_op = _phase_op(Phase.IMPLEMENT)
-verify_op = _phase_op(Phase.VERIFY)
-commit_op = _phase_op(Phase.COMMIT)
+context_op = phase_op(Phase.CONTEXT)
+debate_op = phase_op(Phase.DEBATE)
+design_op = phase_op(Phase.DESIGN)
+implement_op = phase_op(Phase.IMPLEMENT)
+verify_op = phase_op(Phase.VERIFY)
+commit_op = phase_op(Phase.COMMIT)
 # Every phase's op, in the table's order: the cycle and approval graphs are built from it.
 PHASE_OPS: dict[Phase, dg.OpDefinition] = {
     Phase.CONTEXT: context_op,

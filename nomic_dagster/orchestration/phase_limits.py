@@ -27,7 +27,7 @@ from typing import Any
 import dagster as dg
 
 from nomic_dagster.core.events import EventType, bus
-from nomic_dagster.core.phases import PHASES, PhaseSpec, worst_case_s
+from nomic_dagster.core.phases import PhaseSpec, worst_case_s
 from nomic_dagster.core.records import Outcome, Phase
 from nomic_dagster.core.state import CycleState
 
@@ -93,14 +93,13 @@ def finished_earlier(context: dg.OpExecutionContext) -> bool:
 
 def run_limited(
     context: dg.OpExecutionContext,
-    phase: Phase,
+    spec: PhaseSpec,
     state: CycleState,
     run: Callable[[CycleState], CycleState],
-    spec: PhaseSpec | None = None,
 ) -> CycleState:
     """`run(state)` under the phase's limit. A timeout with retries left fails the attempt
     (the op's RetryPolicy runs it again); the last one ends the cycle with `error`."""
-    spec = spec or PHASES[phase]
+    phase = spec.phase
     if finished_earlier(context):
         raise dg.Failure(
             description=f"cycle {state.cycle_id}: {phase.value} already finished in an earlier "
