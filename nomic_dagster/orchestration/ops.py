@@ -36,7 +36,14 @@ from nomic_dagster.cycle.steps import (
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.partitions import cycles_partitions
-from nomic_dagster.orchestration.phase_limits import final_step, op_tags, retry_policy, run_limited
+from nomic_dagster.orchestration.phase_limits import (
+    final_step,
+    finished_earlier,
+    lost_output,
+    op_tags,
+    retry_policy,
+    run_limited,
+)
 from nomic_dagster.orchestration.provider_pools import InstanceProviderSlots
 from nomic_dagster.orchestration.resources import (
     AGENT_RESOURCE_KEYS,
@@ -180,6 +187,7 @@ def _context(context: dg.OpExecutionContext, config: CycleConfig, spec: PhaseSpe
         f"cycle {cycle_id}: goal {state.goal.text!r}, agents "
         f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
+    _not_twice(context, Phase.CONTEXT, state)
     with agent_backends(context.resources):  # the agent resources, for this phase's panel
         new = run_limited(context, spec, state, lambda s: run_phase(Phase.CONTEXT, s))
     with final_step(f"reporting context of cycle {new.cycle_id}"):
@@ -217,6 +225,7 @@ def phase_op(phase: Phase, spec: PhaseSpec | None = None) -> dg.OpDefinition:
         required_resource_keys=set(AGENT_RESOURCE_KEYS),
     )
     def _op(context: dg.OpExecutionContext, state: CycleState):
+        _not_twice(context, phase, state)
         if context.retry_number and state.workspace is not None and not spec.reexecutable:
             prepare_workspace(phase, state)  # a retry starts where the failed attempt did
         if spec.reexecutable and state.workspace is not None:
@@ -272,6 +281,21 @@ PHASE_OPS: dict[Phase, dg.OpDefinition] = {
 }
 if list(PHASE_OPS) != list(PHASES):
     raise ImportError(f"orchestration.ops.PHASE_OPS {list(PHASE_OPS)} does not match PHASES")
+
+
+def _not_twice(context: dg.OpExecutionContext, phase: Phase, state: CycleState) -> None:
+    """A retry of a step whose phase already ran (its output could not be stored; the
+    downstream steps would wait for it) records the cycle once, as an error, and fails for
+    good instead of running the phase again."""
+    if not finished_earlier(context):
+        return
+    with final_step(f"recording cycle {state.cycle_id}"):
+        record = record_cycle(context, lost_output(phase, state))
+    raise dg.Failure(
+        description=f"cycle {record.cycle_id} ended with {record.outcome.value}: {record.reason}",
+        metadata={"outcome": record.outcome.value, "cycle_id": record.cycle_id},
+        allow_retries=False,
+    )
 
 
 def record_metadata(record: CycleRecord) -> dict[str, Any]:

@@ -13,7 +13,8 @@ A retry must never run a phase again once the phase has produced its result: tha
 record (or commit) the cycle twice. So only an unfinished attempt is retried: a timeout, or
 an exception before the phase returned. Once `run_phase` has returned, a failure of the
 step is final (`Failure(allow_retries=False)`), and a retry that finds an output of an
-earlier attempt in the run's event log (the IO manager failed to store it) refuses to run.
+earlier attempt in the run's event log (the IO manager failed to store it) does not run the
+phase again: the op records the cycle as an `error` and fails for good (`lost_output`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def finished_earlier(context: dg.OpExecutionContext) -> bool:
     return any(e.step_key == step_key for e in outputs)
 
 
+def lost_output(phase: Phase, state: CycleState) -> CycleState:
+    """`state` ended because the phase's earlier attempt finished but its output was lost."""
+    return state.end(
+        Outcome.ERROR,
+        f"{phase.value} finished in an earlier attempt of this step, whose output could not "
+        "be stored; it is not run again (that could record or land the cycle twice)",
+        phase,
+    )
+
+
 def run_limited(
     context: dg.OpExecutionContext,
     spec: PhaseSpec,
@@ -100,13 +111,6 @@ def run_limited(
     """`run(state)` under the phase's limit. A timeout with retries left fails the attempt
     (the op's RetryPolicy runs it again); the last one ends the cycle with `error`."""
     phase = spec.phase
-    if finished_earlier(context):
-        raise dg.Failure(
-            description=f"cycle {state.cycle_id}: {phase.value} already finished in an earlier "
-            "attempt of this step, whose output could not be stored; it is not run again "
-            "(that would record the cycle twice)",
-            allow_retries=False,
-        )
     try:
         with phase_deadline(spec) as disarm:
             new = run(state)

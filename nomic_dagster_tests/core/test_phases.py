@@ -44,11 +44,11 @@ def test_the_table_has_one_spec_per_phase_in_cycle_order() -> None:
     ]
     assert resume_phases() == (Phase.IMPLEMENT, Phase.VERIFY, Phase.COMMIT)
     assert [p for p, s in PHASES.items() if s.reexecutable] == list(resume_phases())
-    assert REEXECUTABLE_OUTCOMES == {
+    assert {
         Outcome.IMPLEMENTATION_FAILED,
         Outcome.VERIFICATION_FAILED,
         Outcome.ERROR,
-    }
+    } == REEXECUTABLE_OUTCOMES
 
 
 def test_state_config_takes_every_phase_state_from_the_table() -> None:
