@@ -45,14 +45,14 @@ from nomic_dagster.cli.main import (
     settings_from_args,
 )
 from nomic_dagster.cli.report import describe
+from nomic_dagster.core.phases import PHASES
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.steps import finish_cycle, start_cycle
 from nomic_dagster.infra.git import close_workspace
 
-ORDER = list(Phase)
-PHASES = [p.value for p in ORDER]
+ORDER = list(PHASES)  # the phase table's order
 SETTINGS_OPTIONS = (
     "repo",
     "goal",
@@ -273,7 +273,7 @@ def build_parser() -> Parser:
     )
     parser.add_argument(
         "phase",
-        choices=[*PHASES, "all", "discard"],
+        choices=[*(p.value for p in ORDER), "all", "discard"],
         help="the phase to run (each reads the previous phase's JSON), all of them, or "
         "discard an unfinished staged cycle",
     )

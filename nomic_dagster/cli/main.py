@@ -6,6 +6,7 @@
     nomic resume CYCLE_ID                  continue a cycle from its checkpoint
     nomic pending                          cycles waiting for approval, with their designs
     nomic approve|reject CYCLE_ID          decide; approve runs it from IMPLEMENT
+    nomic phases [--json]                  the phases: timeouts, retries, what each does
     nomic metrics-server [--port 9464]     serve the Prometheus metrics
 
 Also the helpers `scripts/self_develop.py` and `scripts/nomic_staged.py` share: the
@@ -37,12 +38,13 @@ from nomic_dagster.cli.report import describe
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.events import EventType, NomicEvent, bus
 from nomic_dagster.core.pathrules import DEFAULT_PROTECTED_PATHS
+from nomic_dagster.core.phases import PHASES, phases_table, resume_phases
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import DEFAULT_AGENTS, CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.history import CycleHistory
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import STEPS, finish_cycle, run_phase, start_cycle
+from nomic_dagster.cycle.steps import finish_cycle, run_phase, start_cycle
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -326,7 +328,7 @@ def run_one_cycle(
 ) -> CycleRecord:
     """One cycle with the plain driver (run_phase per phase), Ctrl-C safe."""
     state = start_cycle(settings, cycle_id)
-    state = run_phases(state, list(STEPS), runtime)
+    state = run_phases(state, list(PHASES), runtime)
     return finish_cycle(state)
 
 
@@ -737,6 +739,14 @@ def cmd_reject(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- metrics server
 
 
+def cmd_phases(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps([spec.model_dump(mode="json") for spec in PHASES.values()], indent=2))
+    else:
+        print(phases_table())
+    return EXIT_OK
+
+
 def cmd_metrics_server(args: argparse.Namespace) -> int:
     from nomic_dagster.infra import metrics
 
@@ -786,7 +796,7 @@ def build_parser() -> Parser:
 
     run = sub.add_parser(
         "run",
-        help="run one cycle (context, debate, design, implement, verify, commit)",
+        help=f"run one cycle ({', '.join(PHASES)})",
         description="Run cycles on a repository and print what each did. The cycle works in "
         "its own worktree; the only change to the repository is the nomic/<track>/<cycle_id> "
         "branch of a verified commit. Exit 0 when the cycles ran (committed, or a gate "
@@ -860,7 +870,8 @@ def build_parser() -> Parser:
             help=f"{verb} the design of a cycle awaiting approval",
             description=(
                 "Record the approval (who, when, the design's hash, an optional expiry) and run "
-                "the cycle from IMPLEMENT: implement, verify, commit. Context, debate and design "
+                f"the cycle from {resume_phases()[0].name}: {', '.join(resume_phases())}. "
+                f"{', '.join(p for p in PHASES if p not in resume_phases()).capitalize()} "
                 "are not run again."
                 if name == "approve"
                 else "Record the rejection (who, when, the design's hash, why); the cycle ends "
@@ -894,6 +905,18 @@ def build_parser() -> Parser:
         else:
             decide.add_argument("-v", "--verbose", action="store_true", help="debug logs")
             decide.set_defaults(fn=cmd_reject)
+
+    phases = sub.add_parser(
+        "phases",
+        help="the phases of a cycle, with their timeouts and retries",
+        description="The phase table every driver reads: each phase's timeout per attempt, "
+        "retries after the first attempt, whether its exhausted failure fails the cycle "
+        "(critical), whether it calls models (the nomic_llm pool), whether a failed cycle can "
+        "be re-executed from it, and whether an approved design resumes at it.",
+        formatter_class=HelpFormatter,
+    )
+    phases.add_argument("--json", action="store_true", help="print as JSON")
+    phases.set_defaults(fn=cmd_phases)
 
     from nomic_dagster.infra.metrics import DEFAULT_ADDR, DEFAULT_PORT, PORT_ENV
 

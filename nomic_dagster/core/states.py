@@ -2,8 +2,8 @@
 
 Eleven states (aragora-nomic §2.1); the transitions of §2.2, exactly; the timeouts and
 retry limits of §2.3 as defaults that a `NomicStateMachine` can override per state. No
-phase runs here: the six phase states map one to one onto the `cycle.STEPS` the Dagster
-ops run.
+phase runs here: the six phase states map one to one onto the phases of `core.phases.PHASES`,
+whose timeouts, retries and criticality they take.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from nomic_dagster.core.errors import NomicError
+from nomic_dagster.core.phases import PHASES, PhaseSpec
 from nomic_dagster.core.records import Phase
 
 
@@ -148,15 +149,21 @@ class StateMetadata:
             raise ValueError(f"{self.name}: max_retries must not be negative")
 
 
-# aragora-nomic §2.3
+def _phase_state(spec: PhaseSpec) -> StateMetadata:
+    """A phase state's limits: the phase table's."""
+    return StateMetadata(
+        spec.phase.value,
+        spec.summary,
+        timeout_seconds=spec.timeout_s,
+        max_retries=spec.max_retries,
+        is_critical=spec.critical,
+    )
+
+
+# aragora-nomic §2.3: the phase states from the phase table, the others here.
 STATE_CONFIG: dict[NomicState, StateMetadata] = {
     S.IDLE: StateMetadata("idle", "waiting for a cycle", 0, 0, False, False),
-    S.CONTEXT: StateMetadata("context", "read the target and run its tests once", 1200, 2),
-    S.DEBATE: StateMetadata("debate", "propose, critique and vote", 3600, 1, True),
-    S.DESIGN: StateMetadata("design", "the winner designs its change; scope check", 1800, 2),
-    S.IMPLEMENT: StateMetadata("implement", "the winner edits the worktree", 2400, 1, True),
-    S.VERIFY: StateMetadata("verify", "gates on the final diff, tests last", 1800, 3),
-    S.COMMIT: StateMetadata("commit", "commit the verified tree", 300, 1, True),
+    **{NomicState.parse(phase): _phase_state(spec) for phase, spec in PHASES.items()},
     S.RECOVERY: StateMetadata("recovery", "decide what to do after a failure", 300, 0),
     S.COMPLETED: StateMetadata("completed", "the cycle ended (committed or a gate closed)"),
     S.FAILED: StateMetadata("failed", "the cycle could not run"),

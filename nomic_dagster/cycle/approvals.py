@@ -38,7 +38,7 @@ from typing import Literal
 
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.events import EventType, bus
-from nomic_dagster.core.records import CycleRecord, Design, Phase, Record, utcnow
+from nomic_dagster.core.records import CycleRecord, Design, Record, utcnow
 from nomic_dagster.core.settings import state_dir
 from nomic_dagster.core.state import CycleState
 
@@ -50,7 +50,6 @@ Decision = Literal["approve", "reject"]
 # running: the approved cycle was claimed and runs IMPLEMENT onwards; rejected: a person
 # rejected it; finished: the cycle's final record is in the history.
 ApprovalStatus = Literal["awaiting", "approved", "running", "rejected", "finished"]
-RESUME_PHASES = (Phase.IMPLEMENT, Phase.VERIFY, Phase.COMMIT)
 
 
 class ApprovalDecision(Record):

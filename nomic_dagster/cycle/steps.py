@@ -19,6 +19,7 @@ from nomic_dagster.agents.cassette import cassette_link, cassette_writer, record
 from nomic_dagster.agents.replay import recorded_recent_cycles, replay_panel, replay_role
 from nomic_dagster.core.errors import AgentFault, CycleEnded
 from nomic_dagster.core.events import EventType, bus, span, tracer
+from nomic_dagster.core.phases import PHASES, REEXECUTABLE_OUTCOMES
 from nomic_dagster.core.records import (
     CycleRecord,
     Goal,
@@ -288,6 +289,8 @@ STEPS: dict[Phase, Callable[[CycleState, PhaseRun], CycleState]] = {
     Phase.VERIFY: _verify,
     Phase.COMMIT: _commit,
 }
+if list(STEPS) != list(PHASES):  # one step per phase of the table, in its order
+    raise ImportError(f"cycle.steps.STEPS {list(STEPS)} does not match core.phases.PHASES")
 
 
 def run_phase(phase: Phase, state: CycleState, runtime: CycleRuntime) -> CycleState:
@@ -416,13 +419,6 @@ def to_record(state: CycleState) -> CycleRecord:
     )
 
 
-# Outcomes a cycle can be re-executed from (Dagster "re-execute from failure", or a
-# resumed approval): the phase's inputs are stored, so it runs again without the others.
-REEXECUTABLE = frozenset(
-    {Outcome.IMPLEMENTATION_FAILED, Outcome.VERIFICATION_FAILED, Outcome.ERROR}
-)
-
-
 def _spend(state: CycleState) -> Spend:
     spend = Spend.of(state.llm_calls)
     if not state.earlier_attempts_usd:
@@ -436,7 +432,7 @@ def with_earlier_attempts(state: CycleState) -> CycleState:
     attempts spent: their record (the cycle's, in the history) holds all the cycle paid,
     this state only what came before the phase. So the budget spans re-executions."""
     failed = CycleHistory(state_dir(state.settings)).get(state.cycle_id)
-    if failed is None or failed.outcome not in REEXECUTABLE:
+    if failed is None or failed.outcome not in REEXECUTABLE_OUTCOMES:
         return state
     before = sum(c.usage.usd for c in state.llm_calls)
     earlier = round(max(0.0, failed.cost_usd - before), 8)
@@ -470,7 +466,7 @@ def finish_cycle(state: CycleState) -> CycleRecord:
     record = to_record(state)
     # A cycle re-executed from failure (or resumed after approval) ends a second time: its
     # new record replaces the failed one, so the history holds one record per cycle.
-    CycleHistory(state_dir(state.settings)).append(record, replace_outcomes=REEXECUTABLE)
+    CycleHistory(state_dir(state.settings)).append(record, replace_outcomes=REEXECUTABLE_OUTCOMES)
     settle(state_dir(state.settings), record)  # an approved or rejected cycle is no longer pending
     if not state.settings.replay_from:  # a replay reproduces a cycle: it teaches nothing new
         store_cycle(state, record)  # the learning record for the cycle store; never raises
@@ -517,6 +513,6 @@ def drive_cycle(
     Without `runtime`, one for `settings` (backends from the environment)."""
     runtime = runtime if runtime is not None else CycleRuntime.for_settings(settings)
     state = start_cycle(settings, cycle_id, run_id)
-    for phase in STEPS:
+    for phase in PHASES:
         state = run_phase(phase, state, runtime)
     return state

@@ -13,16 +13,12 @@ from pathlib import Path
 
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.events import EventType, bus
+from nomic_dagster.core.phases import resume_phases
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.state import CycleState
-from nomic_dagster.cycle.approvals import (
-    RESUME_PHASES,
-    ApprovalDecision,
-    ApprovalStore,
-    default_approver,
-)
+from nomic_dagster.cycle.approvals import ApprovalDecision, ApprovalStore, default_approver
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import STEPS, finish_cycle, prepare_workspace, run_phase
+from nomic_dagster.cycle.steps import finish_cycle, prepare_workspace, run_phase
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +44,22 @@ def approved_state(
         ended = state.end(
             Outcome.BAD_INPUT,
             f"the repository of cycle {cycle_id} is gone ({where}): nothing to implement in",
-            Phase.IMPLEMENT,
+            resume_phases()[0],
         )
         return ended
     try:
-        prepare_workspace(Phase.IMPLEMENT, state)  # the worktree, detached at the base again
+        prepare_workspace(resume_phases()[0], state)  # the worktree, detached at the base again
     except BaseException:
         store.release(cycle_id)
         raise
     bus.emit(
         EventType.RESUMED,
         cycle_id,
-        phase=Phase.IMPLEMENT.value,
+        phase=resume_phases()[0].value,
         approved_by=decision.who,
         design_hash=decision.design_hash,
     )
-    log.info("cycle %s: approved by %s, resuming at implement", cycle_id, decision.who)
+    log.info("cycle %s: approved by %s, resuming at %s", cycle_id, decision.who, resume_phases()[0])
     return state
 
 
@@ -95,8 +91,7 @@ def resume_approved(
     state = approved_state(cycle_id, run_id, root)
     runtime = runtime if runtime is not None else CycleRuntime.for_settings(state.settings)
     try:
-        for phase in RESUME_PHASES:
-            assert phase in STEPS
+        for phase in resume_phases():
             state = run_phase(phase, state, runtime)
     except BaseException:  # Ctrl-C mid-run: the cycle stays approved, not stuck running
         ApprovalStore(root).release(cycle_id)

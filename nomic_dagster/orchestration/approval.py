@@ -16,21 +16,22 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
+from nomic_dagster.core.phases import resume_phases
 from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.cycle.approvals import ApprovalStore, default_approver
 from nomic_dagster.drivers.approval_flow import approved_state, rejected_state
 from nomic_dagster.orchestration.ops import (
     CYCLE_ID_TAG,
+    PHASE_OPS,
     PHASE_TAG,
     STATE_OUTS,
     TRACK_TAG,
-    commit_op,
-    implement_op,
     record_cycle_op,
-    verify_op,
 )
+from nomic_dagster.orchestration.phase_limits import run_limit_tags
 from nomic_dagster.orchestration.resources import NomicResource
 
+RESUMED = " → ".join(p.name for p in resume_phases())  # what an approved cycle runs
 # Dagster+ sets this tag to the person who launched the run; open source Dagster does not.
 USER_TAG = "dagster/user"
 
@@ -40,7 +41,7 @@ class ApprovalConfig(dg.Config):
 
     cycle_id: str = Field(description="The cycle awaiting approval (`nomic pending` lists them).")
     decision: Literal["approve", "reject"] = Field(
-        default="approve", description="approve: run IMPLEMENT → VERIFY → COMMIT; reject: end it."
+        default="approve", description=f"approve: run {RESUMED}; reject: end it."
     )
     who: str = Field(
         default="",
@@ -102,19 +103,21 @@ def decide_op(context: dg.OpExecutionContext, config: ApprovalConfig, nomic: Nom
     yield dg.Output(state, output_name="ended" if state.ended else "state", metadata=metadata)
 
 
-@dg.graph(description="A person's decision on a paused cycle; approve runs it from IMPLEMENT.")
+@dg.graph(description=f"A person's decision on a paused cycle; approve runs {RESUMED}.")
 def nomic_approve_graph():
-    state, ended_decision = decide_op()
-    state, ended_implement = implement_op(state)
-    state, ended_verify = verify_op(state)
-    _, ended_commit = commit_op(state)
-    record_cycle_op([ended_decision, ended_implement, ended_verify, ended_commit])
+    state, ended = decide_op()
+    endings = [ended]
+    for phase in resume_phases():  # the phases of the table that resume after approval
+        state, ended = PHASE_OPS[phase](state)
+        endings.append(ended)
+    record_cycle_op(endings)
 
 
 nomic_approve = nomic_approve_graph.to_job(
     name="nomic_approve",
     description="Approve or reject a cycle awaiting approval (config: cycle_id, decision, "
-    "who, note, expires_in_hours). An approval runs IMPLEMENT → VERIFY → COMMIT on the stored "
-    "design; same as `nomic approve <cycle>`.",
+    f"who, note, expires_in_hours). An approval runs {RESUMED} on the stored design; same as "
+    "`nomic approve <cycle>`.",
     executor_def=dg.in_process_executor,
+    tags=run_limit_tags(resume_phases()),
 )

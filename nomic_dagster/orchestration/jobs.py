@@ -4,31 +4,22 @@ from __future__ import annotations
 
 import dagster as dg
 
-from nomic_dagster.core.records import Track
+from nomic_dagster.core.phases import PHASES
+from nomic_dagster.core.records import Phase, Track
 from nomic_dagster.orchestration.config import CycleConfig
-from nomic_dagster.orchestration.ops import (
-    TRACK_TAG,
-    commit_op,
-    context_op,
-    debate_op,
-    design_op,
-    implement_op,
-    record_cycle_op,
-    verify_op,
-)
+from nomic_dagster.orchestration.ops import PHASE_OPS, TRACK_TAG, context_op, record_cycle_op
+from nomic_dagster.orchestration.phase_limits import run_limit_tags
 
 
-@dg.graph(description="CONTEXT → DEBATE → DESIGN → IMPLEMENT → VERIFY → COMMIT, then record.")
+@dg.graph(description=" → ".join(p.name for p in PHASES) + ", then record.")
 def nomic_cycle_graph():
-    state, ended_context = context_op()
-    state, ended_debate = debate_op(state)
-    state, ended_design = design_op(state)
-    state, ended_implement = implement_op(state)
-    state, ended_verify = verify_op(state)
-    _, ended_commit = commit_op(state)
-    record_cycle_op(
-        [ended_context, ended_debate, ended_design, ended_implement, ended_verify, ended_commit]
-    )
+    state, ended = context_op()
+    endings = [ended]
+    for phase in PHASES:  # the phase table's order
+        if phase is not Phase.CONTEXT:
+            state, ended = PHASE_OPS[phase](state)
+            endings.append(ended)
+    record_cycle_op(endings)
 
 
 def _default_config() -> dg.RunConfig:
@@ -50,7 +41,8 @@ def make_cycle_job(track: Track | None = None) -> dg.JobDefinition:
             f"track {effective.value} unless the config names another. Lands a verified "
             "commit on nomic/<track>/<cycle_id>."
         ),
-        tags={TRACK_TAG: effective.value},
+        # run monitoring stops a run past the worst case of the phase limits
+        tags={TRACK_TAG: effective.value, **run_limit_tags()},
         config=_default_config(),
     )
 

@@ -8,6 +8,9 @@ Except: a cycle that fails in IMPLEMENT, VERIFY or COMMIT (implementation_failed
 verification_failed, error) is recorded by that op, which then fails, so "re-execute from
 failure" runs that phase again on its stored input, without context, debate or design.
 
+Each op's description, pool, retry policy and time limit come from the phase table
+(`core.phases.PHASES`, held in the run by `phase_limits`).
+
 No `from __future__ import annotations` here: Dagster reads the op annotations at runtime.
 """
 
@@ -18,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from nomic_dagster.core.phases import PHASES, REEXECUTABLE_OUTCOMES, PhaseSpec
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, Track
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.state import CycleState
@@ -25,7 +29,6 @@ from nomic_dagster.core.usage import LLMCall, Spend
 from nomic_dagster.cycle.approvals import approval_hint, design_hash
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import (
-    REEXECUTABLE,
     finish_cycle,
     prepare_workspace,
     run_phase,
@@ -35,6 +38,14 @@ from nomic_dagster.cycle.steps import (
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
 from nomic_dagster.orchestration.partitions import cycles_partitions
+from nomic_dagster.orchestration.phase_limits import (
+    final_step,
+    finished_earlier,
+    lost_output,
+    op_tags,
+    retry_policy,
+    run_limited,
+)
 from nomic_dagster.orchestration.provider_pools import InstanceProviderSlots
 from nomic_dagster.orchestration.resources import (
     AGENT_RESOURCE_KEYS,
@@ -50,10 +61,6 @@ PHASE_TAG = "nomic/phase"
 # nomic_llm 2` keeps at most two such steps, hence two concurrent model calls (a step makes
 # its calls one at a time), running across all runs.
 LLM_POOL = "nomic_llm"
-LLM_PHASES = (Phase.DEBATE, Phase.DESIGN, Phase.IMPLEMENT)
-# A cycle that fails in these phases fails their step (after its record is written), so
-# "re-execute from failure" re-runs the phase on its stored input state.
-REEXECUTABLE_PHASES = (Phase.IMPLEMENT, Phase.VERIFY, Phase.COMMIT)
 
 STATE_OUTS = {
     "state": dg.Out(CycleState, is_required=False, description="the cycle goes on"),
@@ -72,7 +79,7 @@ def _phase_metadata(phase: Phase, s: CycleState) -> dict[str, Any]:
     if s.ended:
         md["outcome"] = s.outcome.value if s.outcome else ""
         md["reason"] = s.reason
-    if phase in LLM_PHASES:  # what this phase's model calls cost (0 for offline agents)
+    if PHASES[phase].calls_models:  # what its model calls cost (0 for offline agents)
         calls = [c for c in s.llm_calls if c.phase == phase.value]
         spend = Spend.of(calls)
         md |= {"cost_usd": spend.cost_usd, "tokens": spend.tokens, "llm_calls": spend.llm_calls}
@@ -163,14 +170,7 @@ def _emit(phase: Phase, state: CycleState) -> Iterator[dg.Output]:
     yield dg.Output(state, output_name=output, metadata=_phase_metadata(phase, state))
 
 
-@dg.op(
-    out=STATE_OUTS,
-    tags={PHASE_TAG: "context"},
-    required_resource_keys={"nomic", *AGENT_RESOURCE_KEYS},
-)
-def context_op(context: dg.OpExecutionContext, config: CycleConfig):
-    """Resolve and validate the target, add the cycle's worktree, read the repository's facts
-    and run its tests once (a red baseline ends the cycle: nothing could be verified)."""
+def _context(context: dg.OpExecutionContext, config: CycleConfig, spec: PhaseSpec):
     nomic: NomicResource = context.resources.nomic
     tags = context.run_tags
     settings = config.to_settings(nomic.state_dir or None)
@@ -189,9 +189,12 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig):
         f"cycle {cycle_id}: goal {state.goal.text!r}, agents "
         f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
-    with op_runtime(context, settings) as runtime:
-        new = run_phase(Phase.CONTEXT, state, runtime)
-    yield from _emit(Phase.CONTEXT, new)
+    _not_twice(context, Phase.CONTEXT, state)
+    with op_runtime(context, settings, calls_models=spec.calls_models) as runtime:
+        new = run_limited(context, spec, state, lambda s: run_phase(Phase.CONTEXT, s, runtime))
+    with final_step(f"reporting context of cycle {new.cycle_id}"):
+        outputs = list(_emit(Phase.CONTEXT, new))
+    yield from outputs
 
 
 @contextmanager
@@ -211,67 +214,104 @@ def op_runtime(
         yield runtime
 
 
-def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
+def phase_op(phase: Phase, spec: PhaseSpec | None = None) -> dg.OpDefinition:
+    """The op of `phase`, built from its row of the phase table (or from `spec`, e.g. a
+    shorter timeout in a test)."""
+    spec = spec or PHASES[phase]
+    if phase is Phase.CONTEXT:  # the first op: its input is the run config, not a state
+
+        @dg.op(
+            name="context_op",
+            out=STATE_OUTS,
+            tags=op_tags(spec, PHASE_TAG),
+            description=spec.description,
+            pool=LLM_POOL if spec.calls_models else None,
+            retry_policy=retry_policy(spec),
+            required_resource_keys={"nomic", *AGENT_RESOURCE_KEYS},
+        )
+        def context_op(context: dg.OpExecutionContext, config: CycleConfig):
+            yield from _context(context, config, spec)
+
+        return context_op
+
     @dg.op(
         name=f"{phase.value}_op",
         out=STATE_OUTS,
-        tags={PHASE_TAG: phase.value},
-        description=doc,
-        pool=LLM_POOL if phase in LLM_PHASES else None,
+        tags=op_tags(spec, PHASE_TAG),
+        description=spec.description,
+        pool=LLM_POOL if spec.calls_models else None,
+        retry_policy=retry_policy(spec),
         required_resource_keys=set(AGENT_RESOURCE_KEYS),
     )
     def _op(context: dg.OpExecutionContext, state: CycleState):
-        if phase in REEXECUTABLE_PHASES and state.workspace is not None:
+        _not_twice(context, phase, state)
+        if context.retry_number and state.workspace is not None and not spec.reexecutable:
+            prepare_workspace(phase, state)  # a retry starts where the failed attempt did
+        if spec.reexecutable and state.workspace is not None:
             # A re-execution from failure (or an approved cycle) may find the worktree gone:
             # put it back the way this phase's first run found it.
-            if context.run.parent_run_id or not os.path.isdir(state.workspace.worktree):
+            first = not context.retry_number and not context.run.parent_run_id
+            if not first or not os.path.isdir(state.workspace.worktree):
                 prepare_workspace(phase, state)
             if context.run.parent_run_id and state.run_id != context.run_id:
                 # the input comes from an earlier run: what its failed attempts paid counts
                 state = with_earlier_attempts(state)
             state = state.model_copy(update={"run_id": context.run_id})
         # run_phase logs start, duration and outcome through the managed nomic_dagster logger
-        with op_runtime(context, state.settings, calls_models=phase in LLM_PHASES) as runtime:
-            new = run_phase(phase, state, runtime)
-        if phase in REEXECUTABLE_PHASES and new.outcome in REEXECUTABLE:
+        with op_runtime(context, state.settings, calls_models=spec.calls_models) as runtime:
+            new = run_limited(context, spec, state, lambda s: run_phase(phase, s, runtime))
+        if spec.reexecutable and new.outcome in REEXECUTABLE_OUTCOMES:
             # This step is the failed one, so Dagster's "re-execute from failure" runs it
-            # again on its stored input: context, debate and design are not repeated.
-            record = record_cycle(context, new)
+            # again on its stored input: context, debate and design are not repeated. Its
+            # retry policy must not: the cycle is recorded.
+            with final_step(f"recording cycle {new.cycle_id}"):
+                record = record_cycle(context, new)
             raise dg.Failure(
                 description=f"cycle {record.cycle_id} ended with {record.outcome.value}: "
                 f"{record.reason}"[:4000]
                 + " (re-execute from failure to run this phase again)",
                 metadata={**_phase_metadata(phase, new), "outcome": record.outcome.value},
+                allow_retries=False,
             )
-        yield from _emit(phase, new)
+        with final_step(f"reporting {phase.value} of cycle {new.cycle_id}"):
+            outputs = list(_emit(phase, new))
+        yield from outputs
 
     return _op
 
 
-debate_op = _phase_op(
-    Phase.DEBATE,
-    "Every agent proposes; a vote-only ballot is recorded as the counterfactual; then up to "
-    "critique_rounds rounds of critiques, revisions and votes (early stop when the leader is "
-    "stable); the consensus rule (and an optional judge) picks the winner or ends the cycle "
-    "with no_consensus.",
-)
-design_op = _phase_op(
-    Phase.DESIGN,
-    "The winner designs its proposal; the scope limiter rejects protected paths and designs "
-    "over the file budget (rejected_by_scope).",
-)
-implement_op = _phase_op(
-    Phase.IMPLEMENT,
-    "The winner edits the cycle's worktree on branch nomic/<track>/<cycle_id>.",
-)
-verify_op = _phase_op(
-    Phase.VERIFY,
-    "Gates on the final diff: compiles, tests pass, no new ruff findings, no protected path, "
-    "no deleted or skipped test, no weakened assertion, nothing outside the worktree.",
-)
-commit_op = _phase_op(
-    Phase.COMMIT, "Commit the verified tree on the cycle branch, with provenance trailers."
-)
+context_op = phase_op(Phase.CONTEXT)
+debate_op = phase_op(Phase.DEBATE)
+design_op = phase_op(Phase.DESIGN)
+implement_op = phase_op(Phase.IMPLEMENT)
+verify_op = phase_op(Phase.VERIFY)
+commit_op = phase_op(Phase.COMMIT)
+# Every phase's op, in the table's order: the cycle and approval graphs are built from it.
+PHASE_OPS: dict[Phase, dg.OpDefinition] = {
+    Phase.CONTEXT: context_op,
+    Phase.DEBATE: debate_op,
+    Phase.DESIGN: design_op,
+    Phase.IMPLEMENT: implement_op,
+    Phase.VERIFY: verify_op,
+    Phase.COMMIT: commit_op,
+}
+if list(PHASE_OPS) != list(PHASES):
+    raise ImportError(f"orchestration.ops.PHASE_OPS {list(PHASE_OPS)} does not match PHASES")
+
+
+def _not_twice(context: dg.OpExecutionContext, phase: Phase, state: CycleState) -> None:
+    """A retry of a step whose phase already ran (its output could not be stored; the
+    downstream steps would wait for it) records the cycle once, as an error, and fails for
+    good instead of running the phase again."""
+    if not finished_earlier(context):
+        return
+    with final_step(f"recording cycle {state.cycle_id}"):
+        record = record_cycle(context, lost_output(phase, state))
+    raise dg.Failure(
+        description=f"cycle {record.cycle_id} ended with {record.outcome.value}: {record.reason}",
+        metadata={"outcome": record.outcome.value, "cycle_id": record.cycle_id},
+        allow_retries=False,
+    )
 
 
 def record_metadata(record: CycleRecord) -> dict[str, Any]:
@@ -345,5 +385,6 @@ def record_cycle_op(context: dg.OpExecutionContext, ended: list[CycleState]):
         raise dg.Failure(
             description=f"cycle {record.cycle_id} ended with {record.outcome.value}: {record.reason}",
             metadata={"outcome": record.outcome.value, "cycle_id": record.cycle_id},
+            allow_retries=False,  # recorded: a retry (say, a job-wide policy) would record twice
         )
     return record

@@ -261,7 +261,9 @@ def test_w1_handler_returning_completed_after_debate_ends_the_cycle(
 
     def debate(state: CycleState) -> tuple[NomicState, CycleState]:
         calls.append(state.cycle_id)
-        return S.COMPLETED, run_phase(Phase.DEBATE, state)  # the built-in step, then "done"
+        return S.COMPLETED, run_phase(
+            Phase.DEBATE, state, sm.runtime
+        )  # the built-in step, then "done"
 
     sm = machine(tmp_path, repo, ta.GoodAgent)
     sm.register_handler("DEBATE", debate)
@@ -312,7 +314,7 @@ def test_a_handler_may_send_the_cycle_back_along_a_legal_edge(tmp_path: Path, re
         seen.append("design")
         if len(seen) == 1:
             return "debate"  # DESIGN -> DEBATE is legal: debate again
-        return run_phase(Phase.DESIGN, state)
+        return run_phase(Phase.DESIGN, state, sm.runtime)
 
     sm = machine(tmp_path, repo, ta.GoodAgent)
     sm.register_handler(S.DESIGN, design)
@@ -428,7 +430,7 @@ def test_rollback_and_restart_go_back_along_legal_edges(
         if not failures:
             failures.append(failing.value)
             raise RuntimeError(f"{failing.value} broke once")
-        return run_phase(failing.phase, state)  # type: ignore[arg-type]
+        return run_phase(failing.phase, state, sm.runtime)  # type: ignore[arg-type]
 
     policy = OnceThenFail(action)
     sm = machine(tmp_path, repo, ta.GoodAgent, recovery_manager=policy)
