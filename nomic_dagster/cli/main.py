@@ -40,8 +40,9 @@ from nomic_dagster.core.pathrules import DEFAULT_PROTECTED_PATHS
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import DEFAULT_AGENTS, CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.history import CycleHistory
-from nomic_dagster.cycle.steps import STEPS, finish_cycle, run_phase, start_cycle
+from nomic_dagster.cycle.steps import STEPS, run_phase, start_cycle
 from nomic_dagster.infra.breakers import get_breaker_registry
 
 EXIT_OK = 0

@@ -21,7 +21,8 @@ from nomic_dagster.cycle.approvals import (
     ApprovalStore,
     default_approver,
 )
-from nomic_dagster.cycle.steps import STEPS, finish_cycle, prepare_workspace, run_phase
+from nomic_dagster.cycle.finish import finish_cycle
+from nomic_dagster.cycle.steps import STEPS, prepare_workspace, run_phase
 
 log = logging.getLogger(__name__)
 
