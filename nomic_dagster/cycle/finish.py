@@ -53,8 +53,8 @@ class RecordSink(Protocol):
     def record(self, record: CycleRecord, state: CycleState) -> None: ...
 
 
-# Where a default sink comes from: name -> "module:factory". The factory takes no
-# arguments and returns a RecordSink (or None: nothing to write to).
+# Where a default sink comes from: name -> "module:factory". The factory takes the
+# environment and returns a RecordSink (or None: nothing to write to).
 DAGSTER_SINK = "nomic_dagster.orchestration.record_sink:from_environment"
 SINK_FACTORIES: dict[str, str] = {"dagster": DAGSTER_SINK}
 
@@ -67,15 +67,15 @@ def dagster_home_configured(environ: Mapping[str, str] = os.environ) -> bool:
     return bool(home) and (Path(home) / "dagster.yaml").is_file()
 
 
-def load_sink(name: str) -> RecordSink | None:
+def load_sink(name: str, environ: Mapping[str, str] = os.environ) -> RecordSink | None:
     """The sink `SINK_FACTORIES[name]` makes; None (with a warning) when it cannot be made."""
     target = SINK_FACTORIES[name]
     module_name, _, attr = target.partition(":")
     try:
-        factory: Callable[[], RecordSink | None] = getattr(
+        factory: Callable[[Mapping[str, str]], RecordSink | None] = getattr(
             importlib.import_module(module_name), attr
         )
-        return factory()
+        return factory(environ)
     except Exception as exc:  # a broken sink setup must not stop the cycle from ending
         log.warning(
             "record sink %r (%s) could not be set up: %s: %s; the cycle is still recorded "
@@ -92,7 +92,8 @@ def configured_sinks(environ: Mapping[str, str] = os.environ) -> list[RecordSink
     """The sinks the environment asks for: the Dagster instance's `cycle_records` asset
     when $DAGSTER_HOME holds a dagster.yaml; none otherwise."""
     names = ["dagster"] if dagster_home_configured(environ) else []
-    return [sink for sink in map(load_sink, names) if sink is not None]
+    sinks = [load_sink(name, environ) for name in names]
+    return [sink for sink in sinks if sink is not None]
 
 
 def to_record(state: CycleState) -> CycleRecord:

@@ -15,6 +15,7 @@ No `from __future__ import annotations` here, as in the ops: Dagster types at ru
 """
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
@@ -110,8 +111,8 @@ class DagsterHomeRecordSink:
             DagsterRecordSink(instance).record(record, state)
 
 
-def from_environment() -> DagsterHomeRecordSink | None:
+def from_environment(environ: Mapping[str, str] = os.environ) -> DagsterHomeRecordSink | None:
     """The sink of the instance $DAGSTER_HOME names (`cycle.finish.DAGSTER_SINK`); None
     when it names none."""
-    home = os.environ.get("DAGSTER_HOME", "")
+    home = environ.get("DAGSTER_HOME", "")
     return DagsterHomeRecordSink(os.path.abspath(home)) if home else None
