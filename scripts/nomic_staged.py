@@ -49,7 +49,8 @@ from nomic_dagster.core.phases import PHASES
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import state_dir
 from nomic_dagster.core.state import CycleState
-from nomic_dagster.cycle.steps import finish_cycle, start_cycle
+from nomic_dagster.cycle.finish import finish_cycle
+from nomic_dagster.cycle.steps import start_cycle
 from nomic_dagster.infra.git import close_workspace
 
 ORDER = list(PHASES)  # the phase table's order

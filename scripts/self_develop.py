@@ -49,8 +49,9 @@ from nomic_dagster.cli.report import describe
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, utcnow
 from nomic_dagster.core.settings import CycleSettings, state_dir
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import finish_cycle, start_cycle
+from nomic_dagster.cycle.steps import start_cycle
 from nomic_dagster.infra.git import is_url, validate_repo
 
 BUDGET_NOTE = (

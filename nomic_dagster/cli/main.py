@@ -42,9 +42,10 @@ from nomic_dagster.core.phases import PHASES, phases_table, resume_phases
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import DEFAULT_AGENTS, CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.history import CycleHistory
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import finish_cycle, run_phase, start_cycle
+from nomic_dagster.cycle.steps import run_phase, start_cycle
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -127,3 +127,18 @@ def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
     }
     with tracer.start_as_current_span(name, attributes=clean) as current:
         yield current
+
+
+def flush_spans(timeout_s: float = 5.0) -> bool:
+    """Export the spans this process has ended and not yet exported; False when that did
+    not finish within `timeout_s`. A forked phase process must call it before it exits:
+    it leaves through os._exit (no atexit hook runs), and a batching span processor would
+    lose its phase's spans. A no-op (True) without an SDK tracer provider."""
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is None:
+        return True
+    try:
+        return bool(flush(int(timeout_s * 1000)))
+    except Exception:  # tracing trouble must not fail the phase it traced
+        log.exception("could not flush the spans")
+        return False

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nomic_dagster.agents import Agent, agent_for_role, panel_names
-from nomic_dagster.agents.cassette import cassette_link, cassette_writer, record_panel
+from nomic_dagster.agents.cassette import cassette_writer, record_panel
 from nomic_dagster.agents.replay import recorded_recent_cycles, replay_panel, replay_role
 from nomic_dagster.core.errors import AgentFault, CycleEnded
-from nomic_dagster.core.events import EventType, bus, span, tracer
+from nomic_dagster.core.events import EventType, bus, span
 from nomic_dagster.core.phases import PHASES, REEXECUTABLE_OUTCOMES
 from nomic_dagster.core.records import (
     CycleRecord,
@@ -30,8 +30,7 @@ from nomic_dagster.core.records import (
 )
 from nomic_dagster.core.settings import DEFAULT_GOAL, CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
-from nomic_dagster.core.usage import Spend
-from nomic_dagster.cycle.approvals import park, settle
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.history import CycleHistory
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.infra.git import (
@@ -49,7 +48,6 @@ from nomic_dagster.phases.debate import run_debate
 from nomic_dagster.phases.design import check_scope, design_change, winning_agent
 from nomic_dagster.phases.implement import implement_design
 from nomic_dagster.phases.verify import verify_change
-from nomic_dagster.planning.cycle_store import store_cycle
 
 log = logging.getLogger("nomic_dagster.cycle.steps")
 
@@ -376,57 +374,6 @@ def prepare_workspace(phase: Phase, state: CycleState) -> None:
         restore_changeset(ws, state.changeset)
 
 
-def to_record(state: CycleState) -> CycleRecord:
-    ws, debate, cs, report = state.workspace, state.debate, state.changeset, state.verification
-    winner = debate.winner if debate else None
-    tests = (
-        report.tests
-        if report and report.tests
-        else (state.context.tests if state.context else None)
-    )
-    return CycleRecord(
-        cycle_id=state.cycle_id,
-        run_id=state.run_id,
-        track=state.settings.track_enum,
-        goal=state.goal,
-        origin=ws.origin if ws else (state.settings.repo or "demo"),
-        repo=ws.source_repo if ws else (state.settings.repo or ""),
-        base_branch=ws.base_branch if ws else state.settings.base_branch,
-        base_sha=ws.base_sha if ws else None,
-        outcome=state.outcome or Outcome.ERROR,
-        reason=state.reason,
-        agents=list(state.settings.agents),
-        winner=winner.id if winner else None,
-        winner_agent=winner.agent if winner else None,
-        winner_kind=winner.kind if winner else None,
-        first_round_winner=debate.consensus.first_round_winner_id if debate else None,
-        changed_by_debate=debate.consensus.changed_by_debate if debate else False,
-        proposals=len(debate.proposals) if debate else 0,
-        files=cs.paths if cs else [],
-        lines_added=cs.lines_added if cs else 0,
-        lines_removed=cs.lines_removed if cs else 0,
-        tests_passed=tests.passed if tests else None,
-        tests_collected=tests.collected if tests else None,
-        failed_gates=[g.name for g in report.failed_gates] if report else [],
-        branch=state.commit.branch if state.commit else None,
-        commit_sha=state.commit.sha if state.commit else None,
-        merged=state.commit.merged if state.commit else False,
-        **_spend(state).model_dump(),
-        phase_durations=state.phase_durations,
-        cassette=cassette_link(state.settings, state.cycle_id),
-        started_at=state.started_at,
-        finished_at=utcnow(),
-    )
-
-
-def _spend(state: CycleState) -> Spend:
-    spend = Spend.of(state.llm_calls)
-    if not state.earlier_attempts_usd:
-        return spend
-    by_phase = {**spend.cost_by_phase, "earlier_attempts": state.earlier_attempts_usd}
-    return spend.model_copy(update={"cost_usd": state.spent_usd, "cost_by_phase": by_phase})
-
-
 def with_earlier_attempts(state: CycleState) -> CycleState:
     """`state`, the input of a phase run again after it failed, charged with what the failed
     attempts spent: their record (the cycle's, in the history) holds all the cycle paid,
@@ -437,60 +384,6 @@ def with_earlier_attempts(state: CycleState) -> CycleState:
     before = sum(c.usage.usd for c in state.llm_calls)
     earlier = round(max(0.0, failed.cost_usd - before), 8)
     return state.model_copy(update={"earlier_attempts_usd": earlier})
-
-
-def finish_cycle(state: CycleState) -> CycleRecord:
-    """Remove the worktree (whatever the outcome), store and return the cycle record."""
-    if state.workspace is not None:
-        try:
-            close_workspace(state.workspace)
-        except Exception:  # cleanup trouble must not hide the cycle's outcome
-            log.exception("cycle %s: could not remove the worktree", state.cycle_id)
-    if state.outcome is None:
-        state = state.end(
-            Outcome.ERROR, "the cycle stopped before it reached an outcome", Phase.CONTEXT
-        )
-    if state.outcome is Outcome.AWAITING_APPROVAL:
-        # Paused, not finished: the state waits in the approval store; the history and the
-        # cycle store get the cycle's record when it ends (approved and run, or rejected).
-        try:
-            park(state)
-            bus.emit(EventType.PAUSED, state.cycle_id, reason=state.reason, phase="design")
-            log.info("cycle %s: %s", state.cycle_id, state.reason)
-            return to_record(state)
-        except Exception as exc:  # the design could not be kept: the cycle cannot go on
-            log.exception("cycle %s: could not store the design for approval", state.cycle_id)
-            state = state.end(
-                Outcome.ERROR, f"could not store the design for approval: {exc}", Phase.DESIGN
-            )
-    record = to_record(state)
-    # A cycle re-executed from failure (or resumed after approval) ends a second time: its
-    # new record replaces the failed one, so the history holds one record per cycle.
-    CycleHistory(state_dir(state.settings)).append(record, replace_outcomes=REEXECUTABLE_OUTCOMES)
-    settle(state_dir(state.settings), record)  # an approved or rejected cycle is no longer pending
-    if not state.settings.replay_from:  # a replay reproduces a cycle: it teaches nothing new
-        store_cycle(state, record)  # the learning record for the cycle store; never raises
-    cycle_span = tracer.start_span(
-        "nomic.cycle",
-        start_time=int(record.started_at.timestamp() * 1e9),
-        attributes={
-            "nomic.cycle_id": record.cycle_id,
-            "nomic.track": record.track.value,
-            "nomic.agents": ",".join(record.agents),
-            "nomic.outcome": record.outcome.value,
-        },
-    )
-    cycle_span.end(end_time=int(record.finished_at.timestamp() * 1e9))
-    bus.emit(
-        EventType.CYCLE_FINISHED,
-        record.cycle_id,
-        outcome=record.outcome.value,
-        track=record.track.value,
-        duration_s=round(record.duration_s, 3),
-        commit_sha=record.commit_sha,
-    )
-    log.info("cycle %s: %s — %s", record.cycle_id, record.outcome.value, record.reason)
-    return record
 
 
 def run_cycle(

@@ -17,8 +17,9 @@ from nomic_dagster.core.phases import resume_phases
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.approvals import ApprovalDecision, ApprovalStore, default_approver
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import finish_cycle, prepare_workspace, run_phase
+from nomic_dagster.cycle.steps import prepare_workspace, run_phase
 
 log = logging.getLogger(__name__)
 

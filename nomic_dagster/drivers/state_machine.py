@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nomic_dagster.core.errors import BadInput
-from nomic_dagster.core.events import EventType, NomicEvent, bus
+from nomic_dagster.core.events import EventType, NomicEvent, bus, flush_spans
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, new_cycle_id
 from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
@@ -69,8 +69,9 @@ from nomic_dagster.core.states import (
     is_valid_transition,
     merge_state_config,
 )
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import finish_cycle, prepare_workspace, run_phase, start_cycle
+from nomic_dagster.cycle.steps import prepare_workspace, run_phase, start_cycle
 from nomic_dagster.drivers.checkpoints import (
     Checkpoint,
     CheckpointError,
@@ -246,6 +247,7 @@ def _phase_child(
         send(("crash", f"{type(exc).__name__}: {exc}", trace, runtime.breakers.snapshot()))
     finally:
         conn.close()
+        flush_spans()  # this process exits by os._exit: its phase span would be lost
 
 
 def _mp_context() -> Any:

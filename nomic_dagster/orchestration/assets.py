@@ -5,8 +5,10 @@ Lineage (as the UI draws it):
     cycle_records ─┬─> agent_performance ─────┐
                    └─> pattern_reinforcements ─┴─> meta_planner_priorities
 
-`cycle_records` is materialized by the `record_cycle_op` of every cycle job, whatever the
-outcome, so the asset catalog lists each cycle with its outcome, winner, files and commit.
+`cycle_records` is materialized whenever a cycle ends, whatever the outcome and whichever
+driver ran it (`orchestration/record_sink.py`: in the run of a cycle job, or as a runless
+event from the CLI and the state machine), so the asset catalog lists each cycle with its
+latest outcome, winner, files and commit.
 The three learning assets read the cycle store (which the cycle jobs fill) and refresh by
 declarative automation (`AutomationCondition.eager()`) when new cycle records land; the
 `nomic_learning_automation` sensor (definitions.py) evaluates them and runs by default.

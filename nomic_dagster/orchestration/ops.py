@@ -27,17 +27,15 @@ from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import LLMCall, Spend
 from nomic_dagster.cycle.approvals import approval_hint, design_hash
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import (
-    finish_cycle,
     prepare_workspace,
     run_phase,
     start_cycle,
     with_earlier_attempts,
 )
-from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.config import CycleConfig
-from nomic_dagster.orchestration.partitions import cycles_partitions
 from nomic_dagster.orchestration.phase_limits import (
     final_step,
     finished_earlier,
@@ -47,6 +45,7 @@ from nomic_dagster.orchestration.phase_limits import (
     run_limited,
 )
 from nomic_dagster.orchestration.provider_pools import InstanceProviderSlots
+from nomic_dagster.orchestration.record_sink import RunRecordSink, record_metadata
 from nomic_dagster.orchestration.resources import (
     AGENT_RESOURCE_KEYS,
     NomicResource,
@@ -314,59 +313,10 @@ def _not_twice(context: dg.OpExecutionContext, phase: Phase, state: CycleState) 
     )
 
 
-def record_metadata(record: CycleRecord) -> dict[str, Any]:
-    return {
-        "outcome": record.outcome.value,
-        "reason": record.reason,
-        "goal": record.goal.text,
-        "track": record.track.value,
-        "repo": record.origin,
-        "winner": record.winner or "",
-        "winner_agent": record.winner_agent or "",
-        "vote_only_winner": record.first_round_winner or "",
-        "changed_by_debate": record.changed_by_debate,
-        "files": dg.MetadataValue.json(record.files),
-        "files_changed": len(record.files),
-        "lines_added": record.lines_added,
-        "lines_removed": record.lines_removed,
-        "tests_passed": bool(record.tests_passed),
-        "tests_collected": record.tests_collected if record.tests_collected is not None else -1,
-        "failed_gates": dg.MetadataValue.json(record.failed_gates),
-        "branch": record.branch or "",
-        "commit_sha": record.commit_sha or "",
-        "cost_usd": record.cost_usd,
-        "tokens": record.tokens,
-        "llm_calls": record.llm_calls,
-        "cost_by_phase": dg.MetadataValue.json(record.cost_by_phase),
-        "cost_by_agent": dg.MetadataValue.json(record.cost_by_agent),
-        "tokens_by_phase": dg.MetadataValue.json(record.tokens_by_phase),
-        "tokens_by_agent": dg.MetadataValue.json(record.tokens_by_agent),
-        "cassette": dg.MetadataValue.path(record.cassette) if record.cassette else "",
-        "phase_durations_s": dg.MetadataValue.json(record.phase_durations),
-        "duration_s": round(record.duration_s, 3),
-        "record": dg.MetadataValue.json(record.model_dump(mode="json")),
-    } | (
-        {"approve_with": approval_hint(record.cycle_id)}
-        if record.outcome is Outcome.AWAITING_APPROVAL
-        else {}
-    )
-
-
 def record_cycle(context: dg.OpExecutionContext, state: CycleState) -> CycleRecord:
-    """finish_cycle, then the cycle's `cycles` partition and its `cycle_records`
-    materialization (shared by record_cycle_op and a failing implement/verify/commit op)."""
-    record = finish_cycle(state)
-    context.instance.add_dynamic_partitions(cycles_partitions.name, [record.cycle_id])
-    metadata = record_metadata(record)
-    context.log_event(
-        dg.AssetMaterialization(
-            asset_key=CYCLE_RECORDS,
-            partition=record.cycle_id,
-            description=f"{record.outcome.value}: {record.reason}"[:1000],
-            metadata=metadata,
-        )
-    )
-    return record
+    """finish_cycle, its `cycle_records` materialization an event of this run (shared by
+    record_cycle_op and a failing implement/verify/commit op)."""
+    return finish_cycle(state, sinks=[RunRecordSink(context)])
 
 
 @dg.op(tags={PHASE_TAG: "record"})

@@ -39,8 +39,9 @@ from nomic_dagster.core.records import CycleRecord, Outcome, utcnow
 from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import Usage
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import drive_cycle, finish_cycle
+from nomic_dagster.cycle.steps import drive_cycle
 from nomic_dagster.drivers.state_machine import NomicStateMachine, create_nomic_state_machine
 from nomic_dagster.infra.pricing import DEFAULT_PRICES
 from nomic_dagster.planning.cycle_store import get_cycle_store

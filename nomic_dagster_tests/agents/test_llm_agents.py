@@ -23,8 +23,9 @@ from nomic_dagster.agents.llm.openai import OpenAIAgent
 from nomic_dagster.core.errors import AgentError, BadInput, BudgetExhausted, ImplementationFailed
 from nomic_dagster.core.records import ConsensusRule, Design, Goal, Outcome, Phase, Proposal
 from nomic_dagster.core.settings import state_dir
+from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
-from nomic_dagster.cycle.steps import drive_cycle, finish_cycle, run_cycle
+from nomic_dagster.cycle.steps import drive_cycle, run_cycle
 from nomic_dagster.infra.pricing import DEFAULT_PRICES, Budget
 from nomic_dagster.phases.debate import run_debate
 from nomic_dagster_tests.support import llm_scripts as ls

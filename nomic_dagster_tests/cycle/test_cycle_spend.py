@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from nomic_dagster.core.records import Goal, Outcome, Proposal, RepoContext
-from nomic_dagster.cycle.steps import drive_cycle, finish_cycle, run_cycle
+from nomic_dagster.cycle.finish import finish_cycle
+from nomic_dagster.cycle.steps import drive_cycle, run_cycle
 from nomic_dagster.definitions import build_defs
 from nomic_dagster.drivers.loop import NomicLoop
 from nomic_dagster.drivers.state_machine import create_nomic_state_machine

@@ -2,7 +2,7 @@
 
 `debate_state` builds a finished `CycleState` by hand (the debate, design, change and
 gates a cycle would have produced) so `record_from_state` can be checked on exact
-inputs; `cycle.to_record` turns it into the `CycleRecord` as `finish_cycle` does. The
+inputs; `cycle.finish.to_record` turns it into the `CycleRecord` as `finish_cycle` does. The
 end-to-end tests run real cycles instead.
 """
 
@@ -35,7 +35,7 @@ from nomic_dagster.core.records import (
 )
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.core.state import CycleState
-from nomic_dagster.cycle.steps import to_record
+from nomic_dagster.cycle.finish import to_record
 from nomic_dagster.orchestration.autonomy import PlannerResource
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster.planning.cycle_store import (
