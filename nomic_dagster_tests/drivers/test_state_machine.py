@@ -279,7 +279,7 @@ def test_w1_failed_verification_never_commits_even_if_a_handler_asks(
     tmp_path: Path, repo: Path
 ) -> None:
     async def verify(state: CycleState) -> tuple[str, CycleState]:
-        return "commit", await asyncio.to_thread(run_phase, Phase.VERIFY, state)
+        return "commit", await asyncio.to_thread(run_phase, Phase.VERIFY, state, sm.runtime)
 
     sm = machine(tmp_path, repo, ta.Breaker)
     sm.register_handler(S.VERIFY, verify)
