@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 
 from nomic_dagster.agents.llm.agent import provider_slots
+from nomic_dagster.core.events import ProgressTicker
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, Track
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.core.usage import LLMCall, Spend
@@ -187,7 +188,8 @@ def context_op(context: dg.OpExecutionContext, config: CycleConfig):
         f"cycle {cycle_id}: goal {state.goal.text!r}, agents "
         f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
-    with agent_backends(context.resources):  # the agent resources, for this phase's panel
+    # the agent resources, for this phase's panel; progress lines every few seconds
+    with agent_backends(context.resources), ProgressTicker(context.log.info):
         new = run_phase(Phase.CONTEXT, state)
     yield from _emit(Phase.CONTEXT, new)
 
@@ -215,7 +217,12 @@ def _phase_op(phase: Phase, doc: str) -> dg.OpDefinition:
         # the agent resources, in this step's process; each model call holds a slot of its
         # provider's pool (nomic_llm_<provider>) across runs
         slots = InstanceProviderSlots(context) if phase in LLM_PHASES else None
-        with agent_backends(context.resources), provider_slots(slots):
+        # ... and while it runs, what it is doing (tests, which agent), every few seconds
+        with (
+            agent_backends(context.resources),
+            provider_slots(slots),
+            ProgressTicker(context.log.info),
+        ):
             new = run_phase(phase, state)
         if phase in REEXECUTABLE_PHASES and new.outcome in REEXECUTABLE:
             # This step is the failed one, so Dagster's "re-execute from failure" runs it

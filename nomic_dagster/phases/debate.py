@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 from nomic_dagster.agents import Agent, build_agent
 from nomic_dagster.agents.replay import ReplayMismatch
 from nomic_dagster.core.errors import BudgetExhausted
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import (
     Consensus,
     ConsensusRule,
@@ -72,6 +73,7 @@ REVISABLE = ("title", "description", "files", "evidence", "benefit", "risk", "es
 def _attempt(agent: Agent, step: str, failures: dict[str, str], fn: Callable[[], T]) -> T | None:
     """Run one agent step through its circuit breaker; a failing agent drops out of the
     debate instead of ending it, and an agent whose breaker is open is not called at all."""
+    report_progress(f"asking {agent.name} to {step}")
     try:
         return guarded_call(agent.name, fn)
     except CircuitOpenError as exc:

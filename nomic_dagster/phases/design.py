@@ -12,6 +12,7 @@ from nomic_dagster.agents import Agent
 from nomic_dagster.agents.replay import ReplayMismatch
 from nomic_dagster.core import pathrules
 from nomic_dagster.core.errors import AgentError, BudgetExhausted
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import DebateResult, Design, RepoContext, ScopeDecision
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
@@ -39,6 +40,7 @@ def design_change(
     proposal = debate.winner
     agent = designer or winning_agent(debate, panel)
     assert proposal is not None
+    report_progress(f"asking {agent.name} to design {proposal.id}")
     try:
         design = guarded_call(agent.name, lambda: agent.design(proposal, context, settings))
     except CircuitOpenError as exc:

@@ -7,6 +7,7 @@ from pathlib import Path
 from nomic_dagster.agents import Agent, WorkArea
 from nomic_dagster.agents.replay import ReplayMismatch
 from nomic_dagster.core.errors import BudgetExhausted, ImplementationFailed
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import ChangeSet, Design, RepoContext, Workspace
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.infra.breakers import CircuitOpenError, guarded_call
@@ -27,6 +28,7 @@ def implement_design(
         settings=settings,
         context=context,
     )
+    report_progress(f"asking {agent.name} to implement {design.title!r}"[:120])
     try:
         # ImplementationFailed is the agent answering "cannot be done": not a fault of the agent
         summary = guarded_call(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nomic_dagster.core.errors import BadInput
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import Finding, TestInventory
 
 PYTHON_NAMES = {"python", "python3", f"python3.{sys.version_info.minor}"}
@@ -144,6 +145,7 @@ def run_tests(
     Raises BadInput when the command itself does not exist (not a failing suite).
     """
     argv = python_argv(command) + list(extra_args or [])
+    report_progress(f"running the tests: {command}"[:120])
     try:
         res = run_command(argv, cwd, timeout_s, scratch, env_extra)
     except FileNotFoundError as exc:
