@@ -160,6 +160,7 @@ def write_summary(
                         "track": r.track.value,
                         "outcome": r.outcome.value,
                         "cost_usd": r.cost_usd,
+                        "llm_calls": r.llm_calls,
                         "commit_sha": r.commit_sha,
                         "branch": r.branch,
                     }
