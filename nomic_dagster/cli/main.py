@@ -58,7 +58,6 @@ EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 BREAKERS_FILE = "breakers.json"
 TRACKS = ("sme", "developer", "self_hosted", "qa", "core", "security")
-RULES = ("majority", "two_thirds", "unanimous")
 
 log = logging.getLogger("nomic_dagster.cli.main")
 
@@ -117,11 +116,11 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
-def _field_type(annotation: Any) -> tuple[Any, tuple[str, ...] | None, bool]:
+def settings_field_kind(annotation: Any) -> tuple[Any, tuple[str, ...] | None, bool]:
     """(scalar type, choices, is a list) of a CycleSettings field's annotation."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return _field_type(args[0])
+        return settings_field_kind(args[0])
     if typing.get_origin(annotation) is list:
         return str, None, True
     if typing.get_origin(annotation) is typing.Literal:
@@ -166,7 +165,7 @@ def add_settings_arguments(
         if name in skipped:
             continue
         field = CycleSettings.model_fields[name]
-        kind, choices, is_list = _field_type(field.annotation)
+        kind, choices, is_list = settings_field_kind(field.annotation)
         text = OPTION_HELP.get(name) or (field.description or name)
         text = text.replace("%", "%%") + ("" if name in OPTION_HELP else _default_text(field))
         if is_list:
@@ -210,7 +209,7 @@ def settings_from_args(
         name: getattr(args, name, None) for name in CycleSettings.model_fields
     }
     for name, field in CycleSettings.model_fields.items():
-        if _field_type(field.annotation)[2]:
+        if settings_field_kind(field.annotation)[2]:
             fields[name] = _split(fields[name])
     if getattr(args, "protect", None):
         base = fields.get("protected_paths") or list(DEFAULT_PROTECTED_PATHS)

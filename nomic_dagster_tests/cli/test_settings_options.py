@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nomic_dagster.cli.main import _field_type, build_parser, settings_from_args
+from nomic_dagster.cli.main import build_parser, settings_from_args
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo, run_git
@@ -53,34 +53,35 @@ def test_every_settings_field_has_an_option(entry: str) -> None:
             assert (field.description or "")[:40].replace("%", "%%") in helps[name]
 
 
-def non_default(name: str) -> tuple[list[str], Any]:
-    """Command-line words giving field `name` a value other than its default, and that value."""
-    field = CycleSettings.model_fields[name]
-    option = "--" + name.replace("_", "-")
-    kind, choices, is_list = _field_type(field.annotation)
-    default = field.get_default(call_default_factory=True)
-    if is_list:
+def non_default(name: str, parser: argparse.ArgumentParser) -> tuple[list[str], Any]:
+    """Command-line words giving field `name` a value other than its default, and that
+    value, read from the option the parser has for it."""
+    default = CycleSettings.model_fields[name].get_default(call_default_factory=True)
+    (action,) = [a for a in parser._actions if a.dest == name]
+    option = action.option_strings[0]
+    if isinstance(action, argparse._AppendAction):
         return [option, "first/,second/", option, "third/"], ["first/", "second/", "third/"]
-    if kind is bool:
+    if isinstance(action, argparse.BooleanOptionalAction):
         return ([f"--no-{option[2:]}"], False) if default else ([option], True)
-    if choices:
-        value = next(c for c in choices if c != default)
+    if action.choices:
+        value = next(c for c in action.choices if c != default)
         return [option, value], value
-    if kind is int:
+    if action.type is int:
         return [option, str((default or 0) + 3)], (default or 0) + 3
-    if kind is float:
+    if action.type is float:
         return [option, "2.5"], 2.5
     return [option, f"{name}-value"], f"{name}-value"
 
 
 def test_a_value_on_the_command_line_reaches_the_settings() -> None:
+    parser = run_parser()
     argv: list[str] = []
     expected: dict[str, Any] = {}
     for name in CycleSettings.model_fields:
-        words, value = non_default(name)
+        words, value = non_default(name, parser)
         argv += words
         expected[name] = value
-    args = run_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     settings = settings_from_args(args, resolve_repo=False)
     got = {name: getattr(settings, name) for name in CycleSettings.model_fields}
     assert got == expected
