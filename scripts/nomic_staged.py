@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a nomic cycle one phase at a time, with each phase's state stored as JSON.
 
-    python scripts/nomic_staged.py context --repo PATH --goal "..."
+    python scripts/nomic_staged.py context --goal "..."   # the repository you are in (or --repo PATH)
     python scripts/nomic_staged.py debate        # reads context.json, writes debate.json
     python scripts/nomic_staged.py design
     python scripts/nomic_staged.py implement
@@ -47,28 +47,15 @@ from nomic_dagster.cli.main import (
 from nomic_dagster.cli.report import describe
 from nomic_dagster.core.phases import PHASES
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
-from nomic_dagster.core.settings import state_dir
+from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.steps import start_cycle
 from nomic_dagster.infra.git import close_workspace
 
 ORDER = list(PHASES)  # the phase table's order
-SETTINGS_OPTIONS = (
-    "repo",
-    "goal",
-    "track",
-    "agents",
-    "base_branch",
-    "consensus_rule",
-    "protect",
-    "max_files",
-    "test_command",
-    "test_timeout",
-    "allow_no_tests",
-    "auto_merge",
-    "context_budget",
-)
+# every settings option (one per CycleSettings field, and --protect)
+SETTINGS_OPTIONS = (*CycleSettings.model_fields, "protect")
 
 
 def phase_file(folder: Path, phase: Phase) -> Path:
@@ -162,7 +149,11 @@ def write_record(folder: Path, record: CycleRecord) -> None:
 
 
 def _settings_given(args: argparse.Namespace) -> list[str]:
-    return ["--" + name.replace("_", "-") for name in SETTINGS_OPTIONS if getattr(args, name, None)]
+    return [
+        "--" + name.replace("_", "-")
+        for name in SETTINGS_OPTIONS
+        if getattr(args, name, None) is not None
+    ]
 
 
 def run_staged(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,18 +51,19 @@ from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import start_cycle
-from nomic_dagster.infra.git import is_url, validate_repo
+from nomic_dagster.infra.git import DEMO_TARGET, is_url, validate_repo
 
 BUDGET_NOTE = (
-    "accepted and recorded in the run summary, not enforced yet: the built-in agents are "
-    "offline tools that cost nothing; spend limits arrive with the LLM agents"
+    "for the whole run, every track and cycle together: each cycle may spend what the "
+    "earlier ones left, and the run stops at the first cycle that ends budget_exhausted"
 )
 
 
 def describe_target(settings: CycleSettings) -> list[str]:
-    """Where the cycles would run, found with read-only git commands (BadInput if unusable)."""
-    target = settings.repo or os.environ.get("NOMIC_REPO") or ""
-    if not target.strip():
+    """Where the cycles will run (the settings' target, already chosen by `choose_target`
+    at the entry point), found with read-only git commands (BadInput if unusable)."""
+    target = settings.repo or ""
+    if target == DEMO_TARGET:
         return ["target:   the bundled demo (a fresh copy of examples/demo_repo per cycle)"]
     if is_url(target):
         return [f"target:   {target} (cloned into the state folder when a cycle starts)"]
@@ -91,7 +91,14 @@ def plan_lines(args: argparse.Namespace, settings: CycleSettings, tracks: list[s
         f"merge:    {'fast-forward the base after a verified commit' if settings.auto_merge else 'leave the branch for review'}",
         "budget:   "
         + (
-            f"${args.budget_limit:.2f} ({BUDGET_NOTE})" if args.budget_limit is not None else "none"
+            f"${args.budget_limit:.4f} ({BUDGET_NOTE})"
+            if args.budget_limit is not None
+            else "none for the run"
+        )
+        + (
+            f"; at most ${settings.budget_usd:.4f} per cycle"
+            if settings.budget_usd is not None
+            else ""
         ),
         f"protected: {', '.join(settings.protected_paths)}",
     ]
@@ -123,6 +130,13 @@ def design_for_approval(settings: CycleSettings, runtime: CycleRuntime) -> int:
     return EXIT_OK
 
 
+def run_budget_left(limit: float | None, records: list[CycleRecord]) -> float | None:
+    """What the run may still spend (None: no run budget)."""
+    if limit is None:
+        return None
+    return max(0.0, limit - sum(r.cost_usd for r in records))
+
+
 def write_summary(
     args: argparse.Namespace, settings: CycleSettings, records: list[CycleRecord]
 ) -> Path:
@@ -139,14 +153,16 @@ def write_summary(
                 "tracks": args.tracks,
                 "max_cycles": args.max_cycles,
                 "budget_limit_usd": args.budget_limit,
-                "budget_enforced": False,
-                "cost_usd": 0.0,
+                "budget_enforced": args.budget_limit is not None,
+                "cost_usd": round(sum(r.cost_usd for r in records), 8),
                 "runner": runner_name(),
                 "cycles": [
                     {
                         "cycle_id": r.cycle_id,
                         "track": r.track.value,
                         "outcome": r.outcome.value,
+                        "cost_usd": r.cost_usd,
+                        "llm_calls": r.llm_calls,
                         "commit_sha": r.commit_sha,
                         "branch": r.branch,
                     }
@@ -187,7 +203,15 @@ def self_develop(args: argparse.Namespace) -> int:
     ):
         for track in tracks:
             settings = base.model_copy(update={"track": track})
+            left = run_budget_left(args.budget_limit, records)
+            if left is not None and left <= 0:
+                print(f"budget: ${args.budget_limit:.4f} spent; track {track} not started")
+                break
             if args.require_approval:
+                if left is not None:  # the design steps are the run's spend too
+                    own = settings.budget_usd
+                    cap = left if own is None else min(own, left)
+                    settings = settings.model_copy(update={"budget_usd": cap})
                 code = design_for_approval(settings, runtime)
                 if code != EXIT_OK:
                     return code
@@ -198,16 +222,21 @@ def self_develop(args: argparse.Namespace) -> int:
                 max_cycles=args.max_cycles,
                 max_consecutive_failures=args.max_consecutive_failures,
                 checkpoint_dir=args.checkpoint_dir,
+                budget_usd=left,
             )
+            if records and records[-1].outcome is Outcome.BUDGET_EXHAUSTED:
+                break
     if args.require_approval:
         return EXIT_OK
     for record in records:
         print(describe(record, patch=False))
     summary = write_summary(args, base, records)
     committed = sum(1 for r in records if r.commit_sha)
+    spent = sum(r.cost_usd for r in records)
+    limit = f" of ${args.budget_limit:.4f}" if args.budget_limit is not None else ""
     print(
-        f"{len(records)} cycle(s) in {time.monotonic() - started:.1f}s, {committed} committed; "
-        f"summary {summary}"
+        f"{len(records)} cycle(s) in {time.monotonic() - started:.1f}s, {committed} committed, "
+        f"cost ${spent:.4f}{limit}; summary {summary}"
     )
     if not records:
         return fail("no cycle ran")
@@ -237,7 +266,7 @@ def build_parser() -> Parser:
         help="stop a track after this many cycles in a row without a commit",
     )
     parser.add_argument(
-        "--budget-limit", type=float, metavar="USD", help=f"spend limit in USD: {BUDGET_NOTE}"
+        "--budget-limit", type=float, metavar="USD", help=f"spend limit in USD, {BUDGET_NOTE}"
     )
     approval = parser.add_mutually_exclusive_group()
     approval.add_argument(

@@ -27,6 +27,8 @@ import os
 import sys
 import threading
 import time
+import types
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,22 +38,28 @@ from pydantic import ValidationError
 
 from nomic_dagster.cli.report import describe
 from nomic_dagster.core.errors import BadInput
-from nomic_dagster.core.events import EventType, NomicEvent, bus
+from nomic_dagster.core.events import (
+    EventType,
+    NomicEvent,
+    ProgressTicker,
+    bus,
+    progress_period_s,
+)
 from nomic_dagster.core.pathrules import DEFAULT_PROTECTED_PATHS
 from nomic_dagster.core.phases import PHASES, phases_table, resume_phases
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
-from nomic_dagster.core.settings import DEFAULT_AGENTS, CycleSettings, state_dir
+from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.history import CycleHistory
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import run_phase, start_cycle
+from nomic_dagster.infra.git import choose_target
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 TRACKS = ("sme", "developer", "self_hosted", "qa", "core", "security")
-RULES = ("majority", "two_thirds", "unanimous")
 
 log = logging.getLogger("nomic_dagster.cli.main")
 
@@ -93,107 +101,136 @@ def fail(message: str, fix: str | None = None) -> int:
 # ---------------------------------------------------------------- settings options
 
 
+# Options spelled differently from their field, kept so that existing command lines work.
+OPTION_ALIASES: dict[str, tuple[str, ...]] = {
+    "test_timeout_s": ("--test-timeout",),
+    "context_budget_chars": ("--context-budget",),
+}
+# Help texts for the command line where the field's own description speaks of the run
+# config (the target and the state folder follow their entry-point rules).
+OPTION_HELP: dict[str, str] = {
+    "repo": "target repository: a local path (made absolute here), a git URL, or 'demo' for "
+    "a fresh copy of the bundled demo. Default: $NOMIC_REPO, else the git repository "
+    "containing the current directory (README: The target)",
+    "state_dir": "nomic's state folder (default: $NOMIC_STATE_DIR, else $DAGSTER_HOME/nomic, "
+    "else .dagster_home/nomic of the nomic_dagster checkout, else "
+    "~/.local/state/nomic_dagster; README: The state folder)",
+}
+
+
+def settings_field_kind(annotation: Any) -> tuple[Any, tuple[str, ...] | None, bool]:
+    """(scalar type, choices, is a list) of a CycleSettings field's annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return settings_field_kind(args[0])
+    if typing.get_origin(annotation) is list:
+        return str, None, True
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, tuple(str(a) for a in typing.get_args(annotation) if a != ""), False
+    return annotation, None, False
+
+
+def _default_text(field: Any) -> str:
+    default = field.get_default(call_default_factory=True)
+    if default in (None, "", [], ()) or isinstance(default, list):
+        return ""
+    if isinstance(default, bool):
+        if "default" in (field.description or "").lower():
+            return ""  # the description says it already
+        return f" (default: {'on' if default else 'off'})"
+    return f" (default: {default})"
+
+
+def settings_options() -> dict[str, str]:
+    """Every CycleSettings field and its option on the command line."""
+    return {name: "--" + name.replace("_", "-") for name in CycleSettings.model_fields}
+
+
 def add_settings_arguments(
-    parser: argparse.ArgumentParser, track: bool = True, approval: bool = True
+    parser: argparse.ArgumentParser,
+    track: bool = True,
+    approval: bool = True,
+    skip: Sequence[str] = (),
 ) -> None:
-    """One option per CycleSettings field; unset options keep the settings' defaults.
-    `approval=False`: the caller declares its own --require-approval."""
-    g = parser.add_argument_group("cycle settings (see README: Run config)")
-    g.add_argument(
-        "--repo",
-        help="target repository: a local path, a git URL, or 'demo' for a fresh copy of the "
-        "bundled demo (default: $NOMIC_REPO, else the git repository of the current directory)",
+    """One option per CycleSettings field, generated from the model (type, choices, help
+    from the field's description), so that the options cannot drift from the settings:
+    lists are comma-separated or repeated, booleans are --x/--no-x, Literal fields take
+    their choices. An option left out keeps the settings' default. `track=False` /
+    `approval=False` / `skip`: the caller declares those options itself (or not at all)."""
+    skipped = set(skip) | ({"track"} if not track else set())
+    if not approval:
+        skipped.add("require_approval")
+    g = parser.add_argument_group(
+        "cycle settings (one per CycleSettings field; README: Run config)"
     )
-    g.add_argument("--goal", help="what the agents should improve")
-    if track:
-        g.add_argument("--track", choices=TRACKS, help="development track; names the branch")
-    g.add_argument(
-        "--agents",
-        action="append",
-        metavar="NAMES",
-        help=f"agent panel, comma-separated or repeated: built-in names "
-        f"({', '.join(DEFAULT_AGENTS)}) or 'package.module:Class' (default: all three)",
-    )
-    g.add_argument("--base-branch", help="branch to start from (default: the checked-out one)")
-    g.add_argument("--consensus-rule", choices=RULES, help="votes the winner needs (two_thirds)")
-    g.add_argument(
-        "--protect",
-        action="append",
-        metavar="GLOB",
-        help="another protected path glob, on top of the defaults (repeatable)",
-    )
-    g.add_argument("--max-files", type=int, help="most files one design may touch (5)")
-    g.add_argument("--test-command", help="the target's tests, run in the worktree")
-    g.add_argument("--test-timeout", type=int, metavar="SECONDS", help="one test run's limit")
-    g.add_argument(
-        "--allow-no-tests",
-        action="store_true",
-        default=None,
-        help="accept a test command that collects no tests",
-    )
-    g.add_argument(
-        "--auto-merge",
-        action="store_true",
-        default=None,
-        help="fast-forward the base branch after a verified commit",
-    )
-    if approval:
+    for name, option in settings_options().items():
+        if name in skipped:
+            continue
+        field = CycleSettings.model_fields[name]
+        kind, choices, is_list = settings_field_kind(field.annotation)
+        text = OPTION_HELP.get(name) or (field.description or name)
+        text = text.replace("%", "%%") + ("" if name in OPTION_HELP else _default_text(field))
+        if is_list:
+            text += " Comma-separated or repeated."
+        names = (option, *OPTION_ALIASES.get(name, ()))
+        if is_list:
+            g.add_argument(*names, dest=name, action="append", metavar="VALUES", help=text)
+        elif kind is bool:
+            g.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            g.add_argument(
+                *names,
+                dest=name,
+                type=kind if kind in (int, float) else str,
+                choices=choices,
+                metavar=None if choices else name.upper(),
+                help=text,
+            )
+    if "protected_paths" not in skipped:
         g.add_argument(
-            "--require-approval",
-            action="store_true",
-            default=None,
-            help="stop after DESIGN until a person approves (nomic approve CYCLE_ID)",
+            "--protect",
+            action="append",
+            metavar="GLOB",
+            help="another protected path glob, on top of the defaults (repeatable)",
         )
-    g.add_argument(
-        "--approval-expiry-hours",
-        type=float,
-        metavar="HOURS",
-        help="an approval not acted on within this many hours is refused",
-    )
-    g.add_argument("--context-budget", type=int, metavar="CHARS", help="context size budget")
-    g.add_argument(
-        "--state-dir", help="nomic's state folder (default: $NOMIC_STATE_DIR, $DAGSTER_HOME/nomic)"
-    )
 
 
-def _agents(values: list[str] | None) -> list[str] | None:
+def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
-def settings_from_args(args: argparse.Namespace, **overrides: Any) -> CycleSettings:
+def settings_from_args(
+    args: argparse.Namespace, *, resolve_repo: bool = True, **overrides: Any
+) -> CycleSettings:
+    """The CycleSettings of the options given (every field by its own name), with the
+    target chosen by `choose_target` (the current repository when none is named) and made
+    absolute here, at the entry point."""
     fields: dict[str, Any] = {
-        "repo": getattr(args, "repo", None),
-        "goal": getattr(args, "goal", None),
-        "track": getattr(args, "track", None),
-        "agents": _agents(getattr(args, "agents", None)),
-        "base_branch": getattr(args, "base_branch", None),
-        "consensus_rule": getattr(args, "consensus_rule", None),
-        "max_files": getattr(args, "max_files", None),
-        "test_command": getattr(args, "test_command", None),
-        "test_timeout_s": getattr(args, "test_timeout", None),
-        "allow_no_tests": getattr(args, "allow_no_tests", None),
-        "auto_merge": getattr(args, "auto_merge", None),
-        "require_approval": getattr(args, "require_approval", None),
-        "approval_expiry_hours": getattr(args, "approval_expiry_hours", None),
-        "context_budget_chars": getattr(args, "context_budget", None),
-        "state_dir": getattr(args, "state_dir", None),
+        name: getattr(args, name, None) for name in CycleSettings.model_fields
     }
+    for name, field in CycleSettings.model_fields.items():
+        if settings_field_kind(field.annotation)[2]:
+            fields[name] = _split(fields[name])
     if getattr(args, "protect", None):
-        fields["protected_paths"] = [*DEFAULT_PROTECTED_PATHS, *args.protect]
+        base = fields.get("protected_paths") or list(DEFAULT_PROTECTED_PATHS)
+        fields["protected_paths"] = [*base, *args.protect]
     fields.update(overrides)
     if fields.get("repo") is not None and not str(fields["repo"]).strip():
         raise UsageError("--repo is empty")
     if fields.get("goal") is not None and not str(fields["goal"]).strip():
         raise UsageError("--goal is empty")
     try:
-        return CycleSettings(**{k: v for k, v in fields.items() if v is not None})
+        settings = CycleSettings(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise UsageError(f"invalid settings: {problems}") from None
+    if resolve_repo:
+        settings = settings.model_copy(update={"repo": choose_target(settings.repo)})
+    return settings
 
 
 def configure_logging(verbose: bool) -> None:
@@ -208,21 +245,25 @@ def configure_logging(verbose: bool) -> None:
 
 class Progress:
     """Prints what a running cycle does, from the event bus: phases with elapsed times,
-    failed gates, agent failures, breakers, recovery decisions; and a heartbeat line every
-    `heartbeat_s` seconds while a phase runs."""
+    failed gates, agent failures, breakers, recovery decisions; and, every `heartbeat_s`
+    seconds while a phase runs, what it is doing (a `ProgressTicker`: "verify: running the
+    tests: ... (12 s)...", "debate: asking claude to vote (3 s)..."). `heartbeat_s` None:
+    $NOMIC_PROGRESS_S, else 5 s; 0: no such lines."""
 
-    def __init__(self, stream: Any = None, heartbeat_s: float = 15.0, enabled: bool = True):
+    def __init__(self, stream: Any = None, heartbeat_s: float | None = None, enabled: bool = True):
         self.stream = stream or sys.stderr
-        self.heartbeat_s = heartbeat_s
+        self.heartbeat_s = progress_period_s() if heartbeat_s is None else heartbeat_s
         self.enabled = enabled
-        self._phase: tuple[str, str, float] | None = None  # cycle, phase, started
         self._cycle_started: dict[str, float] = {}
-        self._stop = threading.Event()
         self._lock = threading.Lock()
 
     def _say(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")
         print(f"[{stamp}] {text}", file=self.stream, flush=True)
+
+    def _say_locked(self, text: str) -> None:
+        with self._lock:
+            self._say(text)
 
     def _elapsed(self, cycle: str) -> str:
         started = self._cycle_started.get(cycle)
@@ -235,10 +276,8 @@ class Progress:
                 self._cycle_started[cid] = time.monotonic()
                 self._say(f"cycle {cid} started: {d.get('goal', '')!r} (track {d.get('track')})")
             elif e.type is EventType.PHASE_STARTED:
-                self._phase = (cid, str(d.get("phase")), time.monotonic())
                 self._say(f"cycle {cid}: {d.get('phase')} ...{self._elapsed(cid)}")
             elif e.type is EventType.PHASE_FINISHED:
-                self._phase = None
                 end = f" -> {d['outcome']}" if d.get("outcome") else ""
                 self._say(
                     f"cycle {cid}: {d.get('phase')} done in {d.get('duration_s', 0):.2f}s{end}"
@@ -261,29 +300,16 @@ class Progress:
                 )
                 self._cycle_started.pop(cid, None)
 
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            with self._lock:
-                if self._phase is not None:
-                    cid, phase, started = self._phase
-                    self._say(
-                        f"cycle {cid}: {phase} running for {time.monotonic() - started:.0f}s"
-                        f"{self._elapsed(cid)}"
-                    )
-
     @contextmanager
     def attached(self) -> Iterator[Progress]:
         if not self.enabled:
             yield self
             return
         unsubscribe = bus.subscribe(self.on_event)
-        beat = threading.Thread(target=self._heartbeat, name="nomic-progress", daemon=True)
-        if self.heartbeat_s > 0:
-            beat.start()
         try:
-            yield self
+            with ProgressTicker(self._say_locked, period_s=self.heartbeat_s):
+                yield self
         finally:
-            self._stop.set()
             unsubscribe()
 
 
@@ -361,10 +387,12 @@ def run_cycles(
     max_cycles: int = 1,
     max_consecutive_failures: int = 3,
     checkpoint_dir: str | None = None,
+    budget_usd: float | None = None,
 ) -> list[CycleRecord]:
     """Cycles through `nomic_dagster.drivers.loop.NomicLoop` when it exists, else the plain driver
     (stops after `max_consecutive_failures` cycles in a row without a commit, and at once
-    on bad input)."""
+    on bad input). `budget_usd`: what all these cycles together may spend (each cycle gets
+    what the earlier ones left; the run stops once a cycle ends budget_exhausted)."""
     loop_module = optional_module("nomic_dagster.drivers.loop")
     if loop_module is not None:
         loop = loop_module.NomicLoop(
@@ -374,14 +402,20 @@ def run_cycles(
             checkpoint_dir=checkpoint_dir,
             settings=settings,
             runtime=runtime,
+            budget_usd=budget_usd,
         )
         return list(_wait(loop.run()))
     records: list[CycleRecord] = []
     misses = 0
     for _ in range(max_cycles):
-        record = run_one_cycle(settings, runtime)
+        own = settings
+        if budget_usd is not None:
+            left = max(0.0, budget_usd - sum(r.cost_usd for r in records))
+            cap = left if settings.budget_usd is None else min(settings.budget_usd, left)
+            own = settings.model_copy(update={"budget_usd": cap})
+        record = run_one_cycle(own, runtime)
         records.append(record)
-        if record.outcome is Outcome.BAD_INPUT:
+        if record.outcome in (Outcome.BAD_INPUT, Outcome.BUDGET_EXHAUSTED):
             break
         misses = 0 if record.outcome is Outcome.COMMITTED else misses + 1
         if misses >= max_consecutive_failures:
@@ -780,9 +814,10 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--heartbeat",
         type=float,
-        default=15.0,
+        default=None,
         metavar="SECONDS",
-        help="print the running phase this often (0: never)",
+        help="while a phase runs, say what it is doing this often (default: $NOMIC_PROGRESS_S, "
+        "else 5; 0: never)",
     )
 
 

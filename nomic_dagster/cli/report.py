@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("cycle_id", nargs="?", help="a cycle id (default: the latest cycle)")
     parser.add_argument(
-        "--state-dir", help="nomic's state folder (default: $NOMIC_STATE_DIR, $DAGSTER_HOME/nomic)"
+        "--state-dir",
+        help="nomic's state folder (default: $NOMIC_STATE_DIR, else $DAGSTER_HOME/nomic, else "
+        ".dagster_home/nomic of the nomic_dagster checkout; README: The state folder)",
     )
     parser.add_argument("--no-patch", action="store_true", help="show the file list, not the diff")
     args = parser.parse_args(argv)

@@ -11,13 +11,15 @@ phase is also an OpenTelemetry span (exported only when an SDK is configured).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 from opentelemetry import trace
 from pydantic import Field
@@ -46,6 +48,9 @@ class EventType(StrEnum):
     CHECKPOINT_LOADED = "checkpoint_loaded"
     PAUSED = "paused"
     RESUMED = "resumed"
+    # What a long step is doing right now ("running the tests", "asking claude to vote"),
+    # from the code that knows; the ProgressTicker repeats the latest one while it lasts.
+    PROGRESS = "progress"
 
 
 class NomicEvent(Record):
@@ -115,6 +120,108 @@ class EventBus:
 
 
 bus = EventBus()
+
+
+def report_progress(text: str, cycle_id: str | None = None) -> None:
+    """Say what the running step is doing now; a ticker repeats it every few seconds."""
+    bus.emit(EventType.PROGRESS, cycle_id, text=text)
+
+
+PROGRESS_PERIOD_ENV = "NOMIC_PROGRESS_S"
+DEFAULT_PROGRESS_PERIOD_S = 5.0
+
+
+def progress_period_s() -> float:
+    """How often a ticker speaks: $NOMIC_PROGRESS_S (0: never), else 5 seconds."""
+    raw = os.environ.get(PROGRESS_PERIOD_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PROGRESS_PERIOD_S
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; using %s", PROGRESS_PERIOD_ENV, raw, 5)
+        return DEFAULT_PROGRESS_PERIOD_S
+    return max(0.0, value)
+
+
+class ProgressTicker:
+    """Every `period_s` seconds while a phase runs, `say`s what it is doing and for how
+    long ("cycle 1a2b: verify: running the tests: python -m pytest -q (12 s)..."): the
+    latest PROGRESS event of the bus, else just the phase. Silent between phases, so a
+    quick phase prints nothing extra; the drivers' logging (the CLI's progress lines, a
+    Dagster op's context.log) attach one around what they run."""
+
+    def __init__(self, say: Callable[[str], None], period_s: float | None = None) -> None:
+        self.say = say
+        self.period_s = progress_period_s() if period_s is None else period_s
+        # cycle id -> (phase, phase started, activity, activity started)
+        self._running: dict[str, tuple[str, float, str | None, float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def on_event(self, event: NomicEvent) -> None:
+        now = time.monotonic()
+        cid = event.cycle_id or "-"
+        with self._lock:
+            if event.type is EventType.PHASE_STARTED:
+                self._running[cid] = (str(event.data.get("phase")), now, None, now)
+            elif event.type is EventType.PHASE_FINISHED:
+                self._running.pop(cid, None)
+            elif event.type is EventType.PROGRESS:
+                text = str(event.data.get("text", ""))[:200]
+                # A step that does not know its cycle (the test runner) belongs to the one
+                # phase running in this process; with several, to each.
+                targets = [cid] if cid in self._running else list(self._running)
+                for key in targets:
+                    phase, started, _, _ = self._running[key]
+                    self._running[key] = (phase, started, text, now)
+
+    def lines(self) -> list[str]:
+        """What the ticker would say now."""
+        now = time.monotonic()
+        with self._lock:
+            running = dict(self._running)
+        said = []
+        for cid, (phase, started, activity, since) in running.items():
+            what = (
+                f"{activity} ({now - since:.0f} s)"
+                if activity
+                else f"running ({now - started:.0f} s)"
+            )
+            who = f"cycle {cid}: " if cid != "-" else ""
+            said.append(f"{who}{phase}: {what}...")
+        return said
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.period_s):
+            for line in self.lines():
+                try:
+                    self.say(line)
+                except Exception:  # a closed stream must not kill the cycle's thread
+                    log.debug("progress line not shown: %s", line, exc_info=True)
+
+    def start(self) -> Self:
+        self._unsubscribe = bus.subscribe(self.on_event)
+        if self.period_s > 0:
+            self._thread = threading.Thread(target=self._tick, name="nomic-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @contextmanager

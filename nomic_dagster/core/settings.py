@@ -35,7 +35,9 @@ class CycleSettings(BaseModel):
         str | None,
         Field(
             description="Target repository: a local path, a git URL, or 'demo'. Empty: "
-            "$NOMIC_REPO, else the bundled demo repository (copied fresh each run)."
+            "$NOMIC_REPO, else (Dagster runs) the bundled demo repository, copied fresh each "
+            "run; `nomic run`, the scripts and the state machine take the git repository "
+            "containing the current directory instead (infra.git.choose_target)."
         ),
     ] = None
     base_branch: Annotated[
@@ -197,17 +199,37 @@ class CycleSettings(BaseModel):
         return ConsensusRule(self.consensus_rule)
 
 
+# The nomic_dagster checkout this code runs from, when it is one (an editable install):
+# `make demo`, `make dev` and scripts/env.sh keep everything in its .dagster_home/.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_HOME_DIR = ".dagster_home"
+
+
+def project_home() -> Path | None:
+    """`<checkout>/.dagster_home` when nomic_dagster runs from its own checkout, else None."""
+    if (PROJECT_ROOT / "dagster.yaml").is_file() and (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / PROJECT_HOME_DIR
+    return None
+
+
 def state_dir(settings: CycleSettings | None = None) -> Path:
     """The folder for nomic's own state: never inside the user's checkout.
 
-    Order: the settings, $NOMIC_STATE_DIR, $DAGSTER_HOME/nomic, ~/.local/state/nomic_dagster.
+    Order: the settings, $NOMIC_STATE_DIR, $DAGSTER_HOME/nomic, then — so that every
+    documented command (`make demo`, `dagster job execute` from the checkout with or
+    without scripts/env.sh, `nomic run|status|history`, `nomic-report`) reads and writes
+    the same place — `.dagster_home/nomic` of the nomic_dagster checkout this code runs
+    from, and only for an installed (non-checkout) package ~/.local/state/nomic_dagster.
     """
+    home = project_home()
     if settings is not None and settings.state_dir:
         chosen = Path(settings.state_dir)
     elif os.environ.get("NOMIC_STATE_DIR"):
         chosen = Path(os.environ["NOMIC_STATE_DIR"])
     elif os.environ.get("DAGSTER_HOME"):
         chosen = Path(os.environ["DAGSTER_HOME"]) / "nomic"
+    elif home is not None:
+        chosen = home / "nomic"
     else:
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         chosen = Path(base) / "nomic_dagster"

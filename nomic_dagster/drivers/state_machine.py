@@ -41,7 +41,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -82,7 +81,9 @@ from nomic_dagster.drivers.checkpoints import (
 from nomic_dagster.drivers.recovery import RecoveryAction, RecoveryDecision, RecoveryManager
 from nomic_dagster.infra import metrics
 from nomic_dagster.infra.git import (
+    choose_target,
     close_workspace,
+    current_repository,
 )
 
 log = logging.getLogger("nomic_dagster.drivers.state_machine")
@@ -98,27 +99,9 @@ POLL_S = 0.02
 
 # ---------------------------------------------------------------- the target
 
-
-def default_repo(cwd: str | os.PathLike[str] | None = None) -> str:
-    """The top level of the git repository the current directory is in (BadInput if none)."""
-    here = Path(cwd or os.getcwd())
-    res = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"],
-        cwd=here,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-    )
-    top = res.stdout.strip()
-    if res.returncode != 0 or not top:
-        raise BadInput(
-            f"no repository was named and the current directory {str(here)!r} is not inside "
-            "a git repository",
-            "run from inside the repository to improve (or `git init` it and commit), or "
-            "pass repo=PATH (or settings with repo)",
-        )
-    return top
+# The git repository containing the current directory (BadInput if none): the target when
+# neither `repo`, the settings nor $NOMIC_REPO name one (infra.git.choose_target).
+default_repo = current_repository
 
 
 # ---------------------------------------------------------------- processes
@@ -462,7 +445,8 @@ class NomicStateMachine:
         """Run one whole cycle and return its record (None if it paused; see resume()).
 
         The target is `repo`, else the settings' repo, else $NOMIC_REPO, else the git
-        repository the current directory is in. `overrides` are CycleSettings fields.
+        repository the current directory is in (`infra.git.choose_target`); a relative
+        path is made absolute against the current directory. `overrides` are CycleSettings fields.
         """
         if self._running:
             raise TransitionError(self._state, S.CONTEXT, f"cycle {self.cycle_id} is still running")
@@ -586,10 +570,9 @@ class NomicStateMachine:
             chosen = CycleSettings.model_validate({**base.model_dump(), **update})
         except ValueError as exc:
             raise BadInput(f"invalid cycle settings: {exc}", "fix the named field(s)") from exc
-        if not chosen.repo:
-            chosen = chosen.model_copy(
-                update={"repo": os.environ.get("NOMIC_REPO") or default_repo()}
-            )
+        # The target rule of every person-run entry point (README: The target); a
+        # relative path is pinned here, before the phases run in child processes.
+        chosen = chosen.model_copy(update={"repo": choose_target(chosen.repo)})
         # Pin the state folder, so a resumed cycle finds its worktree whatever the env says.
         return chosen.model_copy(update={"state_dir": str(state_dir(chosen))})
 

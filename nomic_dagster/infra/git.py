@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from enum import StrEnum
 from pathlib import Path
 
 from nomic_dagster.core import pathrules
@@ -107,17 +108,83 @@ def _clone(url: str, clones: Path) -> Path:
     return dest
 
 
+DEMO_TARGET = "demo"
+REPO_ENV = "NOMIC_REPO"
+
+
+class WhenUnset(StrEnum):
+    """What an entry point targets when neither it nor $NOMIC_REPO names a repository."""
+
+    # `nomic run`, the scripts, the state machine, NomicLoop: a person runs them inside
+    # the repository to improve.
+    CURRENT_REPO = "current_repo"
+    # The Dagster jobs, schedules and sensors: `make demo` must work from a fresh clone
+    # (whose own checkout is not the thing to improve).
+    DEMO = "demo"
+
+
+def current_repository(cwd: str | os.PathLike[str] | None = None) -> str:
+    """The top level of the git repository containing `cwd` (default: the current
+    directory), or BadInput naming the two ways to name a target."""
+    here = Path(cwd or os.getcwd()).expanduser().resolve()
+    res = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
+    top = res.stdout.strip()
+    if res.returncode != 0 or not top:
+        raise BadInput(
+            f"no repository was named and the current directory {str(here)!r} is not inside "
+            "a git repository",
+            f"pass --repo PATH (repo=PATH from Python) or set {REPO_ENV}, or run from inside "
+            "the repository to improve; --repo demo runs on the bundled demo",
+        )
+    return str(Path(top).resolve())
+
+
+def choose_target(
+    repo: str | os.PathLike[str] | None,
+    *,
+    when_unset: WhenUnset = WhenUnset.CURRENT_REPO,
+    cwd: str | os.PathLike[str] | None = None,
+) -> str:
+    """The one rule for a cycle's target, called by every entry point.
+
+    `repo` (the option, run config or argument) if given, else $NOMIC_REPO, else
+    `when_unset`: the git repository containing `cwd` (BadInput if there is none) or the
+    bundled demo. "demo" and URLs are kept as written; a local path comes back absolute
+    (resolved against `cwd`, default the current directory), so a relative `--repo .`
+    means the folder the command was started in wherever the cycle later runs.
+    """
+    named = os.fspath(repo).strip() if repo is not None else ""
+    if not named:
+        named = os.environ.get(REPO_ENV, "").strip()
+    if not named:
+        if when_unset is WhenUnset.DEMO:
+            return DEMO_TARGET
+        return current_repository(cwd)
+    if named == DEMO_TARGET or is_url(named):
+        return named
+    path = Path(named).expanduser()
+    if not path.is_absolute():
+        path = Path(cwd or os.getcwd()).expanduser() / path
+    return str(path.resolve())
+
+
 def resolve_target(settings: CycleSettings, cycle_id: str) -> tuple[str, Path]:
-    """(origin, repository path): run config, then $NOMIC_REPO, then the bundled demo
-    (also named explicitly as "demo")."""
-    target = settings.repo or os.environ.get("NOMIC_REPO") or ""
+    """(origin, repository path) by `choose_target`; an entry point that left `repo`
+    empty (the Dagster run config) gets $NOMIC_REPO, else a fresh copy of the demo."""
+    target = choose_target(settings.repo, when_unset=WhenUnset.DEMO)
     state = state_dir(settings)
-    if not target.strip() or target.strip() == "demo":
-        return "demo", materialize_demo(state / "demo" / cycle_id)
-    target = target.strip()
+    if target == DEMO_TARGET:
+        return DEMO_TARGET, materialize_demo(state / "demo" / cycle_id)
     if is_url(target):
         return target, _clone(target, state / "clones")
-    path = Path(target).expanduser()
+    path = Path(target)
     if not path.exists():
         raise BadInput(
             f"repository path {str(path)!r} does not exist", "set `repo` to a git checkout"
@@ -126,7 +193,7 @@ def resolve_target(settings: CycleSettings, cycle_id: str) -> tuple[str, Path]:
         raise BadInput(
             f"repository path {str(path)!r} is not a folder", "set `repo` to a git checkout"
         )
-    return target, path.resolve()
+    return target, path
 
 
 def _remote_branch_sha(repo: Path, branch: str) -> str | None:

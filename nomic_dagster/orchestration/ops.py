@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from nomic_dagster.core.events import ProgressTicker
 from nomic_dagster.core.phases import PHASES, REEXECUTABLE_OUTCOMES, PhaseSpec
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase, Track
 from nomic_dagster.core.settings import CycleSettings
@@ -189,7 +190,11 @@ def _context(context: dg.OpExecutionContext, config: CycleConfig, spec: PhaseSpe
         f"{', '.join(config.agents) or '$NOMIC_AGENTS, else the offline three'}"
     )
     _not_twice(context, Phase.CONTEXT, state)
-    with op_runtime(context, settings, calls_models=spec.calls_models) as runtime:
+    # the agent resources, for this phase's panel; progress lines every few seconds
+    with (
+        op_runtime(context, settings, calls_models=spec.calls_models) as runtime,
+        ProgressTicker(context.log.info),
+    ):
         new = run_limited(context, spec, state, lambda s: run_phase(Phase.CONTEXT, s, runtime))
     with final_step(f"reporting context of cycle {new.cycle_id}"):
         outputs = list(_emit(Phase.CONTEXT, new))
@@ -257,7 +262,11 @@ def phase_op(phase: Phase, spec: PhaseSpec | None = None) -> dg.OpDefinition:
                 state = with_earlier_attempts(state)
             state = state.model_copy(update={"run_id": context.run_id})
         # run_phase logs start, duration and outcome through the managed nomic_dagster logger
-        with op_runtime(context, state.settings, calls_models=spec.calls_models) as runtime:
+        # ... and while it runs, what it is doing (tests, which agent), every few seconds
+        with (
+            op_runtime(context, state.settings, calls_models=spec.calls_models) as runtime,
+            ProgressTicker(context.log.info),
+        ):
             new = run_limited(context, spec, state, lambda s: run_phase(phase, s, runtime))
         if spec.reexecutable and new.outcome in REEXECUTABLE_OUTCOMES:
             # This step is the failed one, so Dagster's "re-execute from failure" runs it

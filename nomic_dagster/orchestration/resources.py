@@ -45,8 +45,9 @@ from nomic_dagster.core.errors import BadInput
 class NomicResource(dg.ConfigurableResource):
     """Where nomic keeps worktrees, clones, demo copies and the cycle history.
 
-    Empty state_dir: $NOMIC_STATE_DIR, else $DAGSTER_HOME/nomic, else
-    ~/.local/state/nomic_dagster (see `nomic_dagster.core.settings.state_dir`).
+    Empty state_dir: $NOMIC_STATE_DIR, else $DAGSTER_HOME/nomic, else .dagster_home/nomic
+    of the nomic_dagster checkout, else ~/.local/state/nomic_dagster (see
+    `nomic_dagster.core.settings.state_dir`).
     """
 
     state_dir: str = ""

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from nomic_dagster.agents import Agent, build_agent
 from nomic_dagster.core.errors import AgentFault
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import (
     Consensus,
     ConsensusRule,
@@ -78,6 +79,7 @@ def _attempt(
     debate instead of ending it, and an agent whose breaker is open is not called at all.
     What ends the cycle (money, a replay that drifted) is not the agent's fault: it
     propagates."""
+    report_progress(f"asking {agent.name} to {step}")
     try:
         return call_agent(breakers, agent.name, step, fn)
     except AgentFault as fault:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from nomic_dagster.agents import Agent
 from nomic_dagster.core import pathrules
 from nomic_dagster.core.errors import AgentError
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import DebateResult, Design, RepoContext, ScopeDecision
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.infra.breakers import BreakerRegistry, call_agent
@@ -39,6 +40,7 @@ def design_change(
     proposal = debate.winner
     agent = designer or winning_agent(debate, panel)
     assert proposal is not None
+    report_progress(f"asking {agent.name} to design {proposal.id}")
     # An agent's failure (AgentFault) ends the cycle implementation_failed in run_phase:
     # without a design there is nothing to implement.
     design = call_agent(

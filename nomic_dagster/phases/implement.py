@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nomic_dagster.agents import Agent, WorkArea
 from nomic_dagster.core.errors import AgentFault, AgentNotCalled, ImplementationFailed
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import ChangeSet, Design, RepoContext, Workspace
 from nomic_dagster.core.settings import CycleSettings
 from nomic_dagster.infra.breakers import BreakerRegistry, call_agent
@@ -28,6 +29,7 @@ def implement_design(
         context=context,
     )
     breakers = breakers if breakers is not None else BreakerRegistry()
+    report_progress(f"asking {agent.name} to implement {design.title!r}"[:120])
     try:
         # ImplementationFailed is the agent answering "cannot be done": it ends the cycle
         # and does not count against the agent's breaker

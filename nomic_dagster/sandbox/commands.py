@@ -14,11 +14,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from nomic_dagster.core.errors import BadInput
+from nomic_dagster.core.events import report_progress
 from nomic_dagster.core.records import Finding, TestInventory
 
 PYTHON_NAMES = {"python", "python3", f"python3.{sys.version_info.minor}"}
@@ -131,6 +133,46 @@ def _pytest_counts(output: str) -> dict[str, int]:
     return counts
 
 
+# Where pytest finds its configuration ([pytest] / [tool.pytest.ini_options] / [tool:pytest]).
+_PYTEST_CONFIGS = {
+    "pytest.ini": "",
+    ".pytest.ini": "",
+    "pyproject.toml": "[tool.pytest.ini_options]",
+    "tox.ini": "[pytest]",
+    "setup.cfg": "[tool:pytest]",
+}
+
+
+def _has_pytest_config(folder: Path) -> bool:
+    for name, section in _PYTEST_CONFIGS.items():
+        path = folder / name
+        if path.is_file():
+            if not section:
+                return True
+            try:
+                if section in path.read_text(encoding="utf-8", errors="replace"):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def pytest_isolation_args(cwd: Path, scratch: Path | None) -> list[str]:
+    """Arguments that keep pytest from taking its configuration from a folder *above* the
+    target (a worktree inside the nomic_dagster checkout's .dagster_home/ would otherwise
+    get nomic's own addopts, `-n auto` and all): an empty ini and the worktree as rootdir,
+    exactly what the target gets in a clone of its own. Empty when the target has its own
+    configuration or nothing above it has one."""
+    here = cwd.resolve()
+    if _has_pytest_config(here) or not any(_has_pytest_config(p) for p in here.parents):
+        return []
+    folder = scratch if scratch is not None else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    ini = folder / "nomic-pytest-isolated.ini"
+    ini.write_text("[pytest]\n", encoding="utf-8")
+    return ["-c", str(ini), "--rootdir", str(here)]
+
+
 def run_tests(
     command: str,
     cwd: Path,
@@ -144,6 +186,9 @@ def run_tests(
     Raises BadInput when the command itself does not exist (not a failing suite).
     """
     argv = python_argv(command) + list(extra_args or [])
+    if "pytest" in " ".join(argv[:3]):
+        argv += pytest_isolation_args(cwd, scratch)
+    report_progress(f"running the tests: {command}"[:120])
     try:
         res = run_command(argv, cwd, timeout_s, scratch, env_extra)
     except FileNotFoundError as exc:

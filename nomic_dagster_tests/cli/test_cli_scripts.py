@@ -124,7 +124,7 @@ def test_self_develop_dry_run_changes_nothing(tmp_path: Path, state_dir: Path) -
     assert "goal:     Improve test coverage" in out
     assert f"target:   {repo}" in out and "base:     main at" in out
     assert "tracks:   developer, qa" in out and "agents:   good" in out
-    assert "up to 2 per track" in out and "$5.00" in out and "not enforced yet" in out
+    assert "up to 2 per track" in out and "$5.0000 (for the whole run" in out
     assert "nothing was changed" in out
     assert checkout_snapshot(repo) == before
     assert nomic_branches(repo) == [] and worktrees(repo) == [str(repo)]
@@ -185,7 +185,12 @@ def test_nomic_run_history_and_status(tmp_path: Path) -> None:
         ([NOMIC, "history", "--limit", "0"], "--limit"),
         ([NOMIC, "frobnicate"], "invalid choice"),
         ([PY, STAGED, "debate", "--dir", "{tmp}/empty"], "run `nomic_staged.py context` first"),
-        ([PY, STAGED, "all", "--agents", "x:Y"], "cannot be imported"),
+        ([PY, STAGED, "all", "--repo", "demo", "--agents", "x:Y"], "cannot be imported"),
+        (
+            [NOMIC, "run", "--agents", GOOD],
+            "pass --repo PATH (repo=PATH from Python) or set NOMIC_REPO",
+        ),
+        ([PY, STAGED, "context"], "is not inside a git repository"),
         ([PY, SELF_DEVELOP, "--max-cycles", "0"], "--max-cycles"),
         ([PY, SELF_DEVELOP, "--require-approval", "--no-approval"], "not allowed with"),
     ],
