@@ -42,6 +42,7 @@ from nomic_dagster.orchestration.phase_limits import (
     finished_earlier,
     lost_output,
     op_tags,
+    refuse_retry_of_a_stopping_run,
     retry_policy,
     run_limited,
 )
@@ -310,7 +311,8 @@ if list(PHASE_OPS) != list(PHASES):
 def _not_twice(context: dg.OpExecutionContext, phase: Phase, state: CycleState) -> None:
     """A retry of a step whose phase already ran (its output could not be stored; the
     downstream steps would wait for it) records the cycle once, as an error, and fails for
-    good instead of running the phase again."""
+    good instead of running the phase again. No retry starts in a run being stopped."""
+    refuse_retry_of_a_stopping_run(context)
     if not finished_earlier(context):
         return
     with final_step(f"recording cycle {state.cycle_id}"):

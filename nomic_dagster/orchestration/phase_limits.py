@@ -14,7 +14,8 @@ record (or commit) the cycle twice. So only an unfinished attempt is retried: a 
 an exception before the phase returned. Once `run_phase` has returned, a failure of the
 step is final (`Failure(allow_retries=False)`), and a retry that finds an output of an
 earlier attempt in the run's event log (the IO manager failed to store it) does not run the
-phase again: the op records the cycle as an `error` and fails for good (`lost_output`).
+phase again: the op records the cycle as an `error` and fails for good (`lost_output`). Nor
+does a retry start in a run that is being stopped (Dagster retries interrupted steps too).
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def phase_deadline(spec: PhaseSpec) -> Iterator[Callable[[], None]]:
         armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+STOPPING = {
+    dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.CANCELED,
+    dg.DagsterRunStatus.FAILURE,
+}
+
+
+def refuse_retry_of_a_stopping_run(context: dg.OpExecutionContext) -> None:
+    """Dagster's RetryPolicy also retries a step interrupted because its run is being
+    stopped (run monitoring past `dagster/max_runtime`, a person's terminate): that attempt
+    would start the phase (and its test suite) again in a run that is already over."""
+    if context.retry_number == 0:
+        return
+    run = context.instance.get_run_by_id(context.run_id)
+    if run is not None and run.status in STOPPING:
+        raise dg.Failure(
+            description=f"run {context.run_id} is {run.status.value.lower()}: attempt "
+            f"{context.retry_number + 1} of this step is not started",
+            allow_retries=False,
+        )
 
 
 def finished_earlier(context: dg.OpExecutionContext) -> bool:
