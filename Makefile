@@ -32,11 +32,14 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 test: install
 	$(BIN)/pytest
 
-# The unit layer: what is left without the end-to-end folders (orchestration/: Dagster runs, the
-# daemon, `dagster dev`; cli/: the console scripts in subprocesses) and without the tests marked
-# slow (whole cycles, child processes) or postgres.
+# The unit layer: the tests not marked slow (whole cycles, child processes, Dagster runs) or
+# postgres, outside the end-to-end folders and files: orchestration/ (Dagster runs, the daemon,
+# `dagster dev`), cli/ (the console scripts in subprocesses), and the state machine's and the
+# approval flow's tests (cycles in child processes and Dagster runs, most of them).
 FAST_TESTS := -m "not slow and not postgres" \
-	--ignore=nomic_dagster_tests/orchestration --ignore=nomic_dagster_tests/cli
+	--ignore=nomic_dagster_tests/orchestration --ignore=nomic_dagster_tests/cli \
+	--ignore=nomic_dagster_tests/drivers/test_state_machine.py \
+	--ignore=nomic_dagster_tests/drivers/test_approval.py
 
 ## For development: the unit layer in a few minutes. `make test` stays the whole suite.
 test-fast: install

@@ -159,6 +159,7 @@ SCENARIOS = [
     SCENARIOS,
     ids=[k.replace(":", "-") or f"mid-{c}" for k, c in SCENARIOS],
 )
+@pytest.mark.slow
 def test_a_killed_cycle_resumes_to_exactly_one_commit(
     tmp_path: Path, kill_at: str, crash_at: str
 ) -> None:

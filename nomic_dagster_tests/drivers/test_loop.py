@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from nomic_dagster import NomicLoop, Outcome
 from nomic_dagster.core.settings import state_dir
 from nomic_dagster.cycle.history import CycleHistory
@@ -23,6 +25,7 @@ def loop_for(tmp_path: Path, repo: Path, agent: type, **kw: object) -> NomicLoop
     )
 
 
+@pytest.mark.slow
 def test_two_real_cycles(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
     loop = loop_for(tmp_path, repo, ta.GoodAgent, max_cycles=2)
@@ -39,6 +42,7 @@ def test_two_real_cycles(tmp_path: Path) -> None:
     assert loop.get_metrics()["successful_cycles"] == 2
 
 
+@pytest.mark.slow
 def test_stops_after_consecutive_failures(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
     loop = loop_for(tmp_path, repo, ta.Breaker, max_cycles=5, max_consecutive_failures=2)

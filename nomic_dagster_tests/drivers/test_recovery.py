@@ -258,6 +258,7 @@ def test_registry_and_its_snapshot_cross_processes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- wired into cycles
 
 
+@pytest.mark.slow
 def test_an_agent_failing_three_cycles_is_skipped_while_the_debate_goes_on(
     tmp_path: Path, events: list[NomicEvent]
 ) -> None:

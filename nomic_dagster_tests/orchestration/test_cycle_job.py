@@ -11,10 +11,8 @@ from nomic_dagster.definitions import build_defs
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import make_repo, run_git
-from nomic_dagster_tests.support.run_configs import cycle_config
+from nomic_dagster_tests.support.run_configs import cycle_config, cycle_record_materialization
 from nomic_dagster_tests.support.snapshots import checkout_snapshot, nomic_branches
-
-CYCLE_RECORDS = dg.AssetKey("cycle_records")
 
 
 @pytest.fixture
@@ -22,16 +20,6 @@ def job(state_dir: Path, instance: dg.DagsterInstance) -> dg.JobDefinition:
     # Built while the test's instance is current: Dagster resolves definitions against the
     # current instance's state storage, which must not be a finished test's instance.
     return build_defs({"nomic": NomicResource(state_dir=str(state_dir))}).get_job_def("nomic_cycle")
-
-
-def materialization(instance: dg.DagsterInstance, cycle_id: str) -> dg.AssetMaterialization:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=CYCLE_RECORDS, asset_partitions=[cycle_id]), limit=1
-    ).records
-    assert records, f"no cycle_records materialization for {cycle_id}"
-    mat = records[0].asset_materialization
-    assert mat is not None
-    return mat
 
 
 def test_demo_cycle_lands_a_commit_and_records_it(
@@ -48,7 +36,7 @@ def test_demo_cycle_lands_a_commit_and_records_it(
     trailers = run_git(demo, "log", "-1", "--format=%(trailers:only,unfold)", record.commit_sha)
     assert "Nomic-Cycle: c-demo" in trailers and f"Nomic-Run-Id: {result.run_id}" in trailers
     assert instance.get_dynamic_partitions("cycles") == ["c-demo"]
-    md = materialization(instance, "c-demo").metadata
+    md = cycle_record_materialization(instance, "c-demo").metadata
     assert md["outcome"].value == "committed"
     assert md["commit_sha"].value == record.commit_sha
     assert md["files_changed"].value == len(record.files) > 0
@@ -76,7 +64,9 @@ def test_closed_gate_skips_the_rest_and_the_run_succeeds(
     skipped = {e.step_key for e in result.all_events if e.event_type_value == "STEP_SKIPPED"}
     assert skipped == {"design_op", "implement_op", "verify_op", "commit_op"}
     assert result.output_for_node("record_cycle_op").outcome.value == "no_consensus"
-    assert materialization(instance, "c-nc").metadata["outcome"].value == "no_consensus"
+    assert (
+        cycle_record_materialization(instance, "c-nc").metadata["outcome"].value == "no_consensus"
+    )
     assert nomic_branches(repo) == []
 
 
@@ -94,7 +84,7 @@ def test_bad_input_fails_the_run_but_is_still_recorded(
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "is not a git repository" in str(failure.event_specific_data)
-    assert materialization(instance, "c-bad").metadata["outcome"].value == "bad_input"
+    assert cycle_record_materialization(instance, "c-bad").metadata["outcome"].value == "bad_input"
     assert list(plain.iterdir()) == []
 
 

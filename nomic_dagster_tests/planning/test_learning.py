@@ -28,7 +28,10 @@ from nomic_dagster.planning.meta_planner import MetaPlanner, PlanTarget, Priorit
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.learning_fixtures import planted_record, resources
 from nomic_dagster_tests.support.repo_builders import make_repo
-from nomic_dagster_tests.support.run_configs import fast_cycle_config
+from nomic_dagster_tests.support.run_configs import (
+    cycle_record_materialization,
+    fast_cycle_config,
+)
 
 LEARNING_KEYS = {
     dg.AssetKey("agent_performance"),
@@ -74,17 +77,7 @@ def run_cycle_job(
         tags={"nomic/cycle_id": cycle_id},
         raise_on_error=False,
     )
-    mat = (
-        instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey("cycle_records"), asset_partitions=[cycle_id]
-            ),
-            limit=1,
-        )
-        .records[0]
-        .asset_materialization
-    )
-    outcome = mat.metadata["outcome"].value
+    outcome = cycle_record_materialization(instance, cycle_id).metadata["outcome"].value
     # a cycle that fails in IMPLEMENT or VERIFY fails that step (re-executable from failure)
     assert result.success == (outcome not in ("implementation_failed", "verification_failed"))
     return outcome
