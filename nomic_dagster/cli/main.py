@@ -50,11 +50,15 @@ from nomic_dagster.core.phases import PHASES, phases_table, resume_phases
 from nomic_dagster.core.records import CycleRecord, Outcome, Phase
 from nomic_dagster.core.settings import CycleSettings, state_dir
 from nomic_dagster.core.state import CycleState
+from nomic_dagster.cycle.approvals import ApprovalStore
 from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.history import CycleHistory
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import run_phase, start_cycle
+from nomic_dagster.drivers.approval_flow import approve, reject
+from nomic_dagster.infra import metrics
 from nomic_dagster.infra.git import choose_target
+from nomic_dagster.infra.metrics import DEFAULT_ADDR, DEFAULT_PORT, PORT_ENV
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -700,8 +704,6 @@ def _approvals_root(args: argparse.Namespace) -> Path:
 
 
 def cmd_pending(args: argparse.Namespace) -> int:
-    from nomic_dagster.cycle.approvals import ApprovalStore
-
     store = ApprovalStore(_approvals_root(args))
     parked = store.pending()
     if args.json:
@@ -727,8 +729,6 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from nomic_dagster.drivers.approval_flow import approve
-
     configure_logging(args.verbose)
     root = _approvals_root(args)
     with Progress(heartbeat_s=args.heartbeat, enabled=not args.quiet).attached():
@@ -753,8 +753,6 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
-    from nomic_dagster.drivers.approval_flow import reject
-
     configure_logging(args.verbose)
     decision, record = reject(
         args.cycle_id,
@@ -783,8 +781,6 @@ def cmd_phases(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics_server(args: argparse.Namespace) -> int:
-    from nomic_dagster.infra import metrics
-
     if args.multiproc_dir:
         Path(args.multiproc_dir).mkdir(parents=True, exist_ok=True)
         os.environ[metrics.MULTIPROC_ENV] = str(Path(args.multiproc_dir).resolve())
@@ -953,8 +949,6 @@ def build_parser() -> Parser:
     )
     phases.add_argument("--json", action="store_true", help="print as JSON")
     phases.set_defaults(fn=cmd_phases)
-
-    from nomic_dagster.infra.metrics import DEFAULT_ADDR, DEFAULT_PORT, PORT_ENV
 
     env_port = os.environ.get(PORT_ENV, "").strip()
     serve = sub.add_parser(
