@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +16,7 @@ import pytest
 
 from nomic_dagster.core.records import Track
 from nomic_dagster.orchestration.instance import PROJECT_ROOT, isolated_home
-from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, route
+from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, route, run_mode
 from nomic_dagster.planning.decomposer import SubTask
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
@@ -56,6 +57,11 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
             start_new_session=True,
         )
         try:
+            # the runs are queued only once the daemon is seen dequeuing (its heartbeat)
+            deadline = time.monotonic() + 120
+            while run_mode(instance) != "queue" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert run_mode(instance) == "queue", "the daemon sent no heartbeat in 120 s"
 
             async def go():
                 orch = await AutonomousOrchestrator.create(
@@ -67,9 +73,10 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
                     },
                     timeout_s=240,
                 )
+                # (not the debate module: track core is Claude only, these agents are not)
                 return await orch.execute(
-                    goal="Improve test coverage in debate module",
-                    tracks=[Track.QA, Track.CORE],
+                    goal="Improve test coverage in the sdk module",
+                    tracks=[Track.QA, Track.DEVELOPER],
                 )
 
             result = asyncio.run(go())
@@ -78,7 +85,7 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
             daemon.wait()
 
     first, second = result.subtasks
-    assert (first.track, second.track) == (Track.QA, Track.CORE)
+    assert (first.track, second.track) == (Track.QA, Track.DEVELOPER)
     assert second.subtask.dependencies == [first.subtask.id]
     assert [r.status for r in result.subtasks] == ["completed", "completed"], [
         (r.status, r.run_status, r.reason) for r in result.subtasks
@@ -88,20 +95,28 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
     assert second.started_at >= first.finished_at
     assert result.success and result.require_approval is False
     assert sorted(nomic_branches(repo)) == sorted(
-        [f"nomic/qa/{first.cycle_id}", f"nomic/core/{second.cycle_id}"]
+        [f"nomic/qa/{first.cycle_id}", f"nomic/developer/{second.cycle_id}"]
     )
     assert all(r.commit_sha for r in result.subtasks)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for r in result.subtasks:  # queued, then started by the daemon
+            assert r.run_id is not None
+            assert instance.all_logs(r.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
 
 
 def test_failed_dependency_skips_dependants(tmp_path: Path) -> None:
-    """A launch that fails (unknown workspace) fails the first subtask; the second is skipped
-    without a run."""
+    """A launch that fails (a run config the job refuses: no run is made) fails the first
+    subtask; the second is skipped without a run."""
     home = isolated_home(tmp_path / "home")
+    repo = make_repo(tmp_path / "target", ta.GATE_REPO)
     with dg.DagsterInstance.from_config(str(home)) as instance:
 
         async def go():
             orch = await AutonomousOrchestrator.create(
-                instance=instance, workspace=tmp_path / "missing.yaml", timeout_s=60
+                repo=str(repo),
+                instance=instance,
+                cycle_config={"no_such_setting": 1},
+                timeout_s=60,
             )
             return await orch.execute(goal="Improve test coverage in debate module")
 
