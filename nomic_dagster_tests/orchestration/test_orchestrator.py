@@ -14,9 +14,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import Track
 from nomic_dagster.orchestration.instance import PROJECT_ROOT, isolated_home
-from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, route, run_mode
+from nomic_dagster.orchestration.orchestrator import (
+    ORCHESTRATION_TAG,
+    AutonomousOrchestrator,
+    route,
+    run_mode,
+)
 from nomic_dagster.planning.decomposer import SubTask
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
@@ -125,6 +131,60 @@ def test_failed_dependency_skips_dependants(tmp_path: Path) -> None:
     assert first.status == "failed" and "launch failed" in first.reason
     assert second.status == "skipped" and second.run_id is None
     assert not result.success
+
+
+def test_the_target_is_resolved_at_create(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`create(repo=".")` is the user's repository as an absolute path (it used to reach the
+    runs unresolved, and they worked on the nomic_dagster checkout); no repo is the
+    repository the current directory is in (it used to be the demo)."""
+    home = isolated_home(tmp_path / "home")
+    repo = make_repo(tmp_path / "target", ta.GATE_REPO)
+    monkeypatch.chdir(repo / "calc")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+
+        def created(**kwargs: object) -> AutonomousOrchestrator:
+            return asyncio.run(AutonomousOrchestrator.create(instance=instance, **kwargs))
+
+        assert created(repo=".").repo == str(repo / "calc")
+        assert created(repo="..").repo == str(repo)
+        assert created().repo == str(repo)
+        assert created(repo="demo").repo == "demo"
+        assert created(repo="file:///srv/x.git").repo == "file:///srv/x.git"
+        monkeypatch.setenv("NOMIC_REPO", "../calc")
+        assert created().repo == str(repo / "calc")  # $NOMIC_REPO, made absolute
+        monkeypatch.delenv("NOMIC_REPO")
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(BadInput, match="not inside a git repository"):
+            created()
+
+
+def test_without_a_daemon_runs_are_executed_not_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No daemon heartbeat: a queued run would never start, so the subtask's run is executed
+    (and commits) instead of waiting for the timeout."""
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))  # the scripted agents' package
+    home = isolated_home(tmp_path / "home")
+    repo = make_repo(tmp_path / "target", ta.GATE_REPO)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert run_mode(instance) == "execute"
+
+        async def go():
+            orch = await AutonomousOrchestrator.create(
+                repo=str(repo),
+                instance=instance,
+                cycle_config={"agents": [ta.spec(ta.GoodAgent)], "test_command": FAST_TEST_COMMAND},
+                timeout_s=300,
+            )
+            return await orch.execute(goal="Add triple to the calc ops")
+
+        result = asyncio.run(go())
+        (sub,) = result.subtasks
+        assert (sub.status, sub.outcome) == ("completed", "committed"), sub.reason
+        assert result.success and nomic_branches(repo) == [sub.branch]
+        assert sub.run_id is not None
+        assert not instance.all_logs(sub.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
+        assert instance.get_run_by_id(sub.run_id).tags[ORCHESTRATION_TAG] == result.orchestration_id
 
 
 def test_agent_decomposition_scans_the_configured_target(tmp_path: Path) -> None:
