@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +24,7 @@ from nomic_dagster.orchestration.orchestrator import (
 )
 from nomic_dagster.planning.decomposer import SubTask
 from nomic_dagster_tests.support import agents_for_tests as ta
+from nomic_dagster_tests.support.daemon import wait_for_queue_daemon
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
 from nomic_dagster_tests.support.snapshots import nomic_branches
 
@@ -63,11 +63,7 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
             start_new_session=True,
         )
         try:
-            # the runs are queued only once the daemon is seen dequeuing (its heartbeat)
-            deadline = time.monotonic() + 120
-            while run_mode(instance) != "queue" and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert run_mode(instance) == "queue", "the daemon sent no heartbeat in 120 s"
+            wait_for_queue_daemon(instance)  # the runs are queued, not executed
 
             async def go():
                 orch = await AutonomousOrchestrator.create(
