@@ -73,7 +73,7 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
                         "agents": [ta.spec(ta.GoodAgent)],
                         "test_command": FAST_TEST_COMMAND,
                     },
-                    timeout_s=240,
+                    timeout_s=600,  # two runs, each a fresh Python process (slow on a busy machine)
                 )
                 # (not the debate module: track core is Claude only, these agents are not)
                 return await orch.execute(
