@@ -33,14 +33,17 @@ runs the cycle on; its dependants are a new `execute` away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,22 +94,24 @@ def orchestrated_target(repo: str | None) -> str:
 
 
 def run_mode(instance: dg.DagsterInstance) -> RunMode:
-    """ "queue" when a queued run will start: the instance has no run queue, or a daemon
-    that dequeues runs sent a heartbeat recently; else "execute"."""
+    """How runs start on `instance`: queued when a queued run will start (the instance has
+    no run queue, or a daemon that dequeues runs sent a heartbeat recently), else executed."""
     if QUEUE_DAEMON not in instance.get_required_daemon_types():
         return "queue"  # no run queue: `dagster job launch` starts the run itself
     status = instance.get_daemon_statuses([QUEUE_DAEMON]).get(QUEUE_DAEMON)
     return "queue" if status is not None and status.healthy else "execute"
 
 
-class _Execution(BaseModel):
+@dataclass
+class _Execution:
     """A subtask run executed in a child process (no daemon): what to watch and clean up."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     process: asyncio.subprocess.Process
     stderr_path: str
     config_path: str
+
+    def stderr_tail(self) -> str:
+        return Path(self.stderr_path).read_text(errors="replace")[-2000:]
 
 
 class TrackConfig(BaseModel):
@@ -328,20 +333,23 @@ class AutonomousOrchestrator:
             results[sub.id] = res
 
         deadline = started + self.timeout_s
-        while True:
-            self._refresh(results)
-            self._skip_blocked(results)
-            for res in self._ready(results):
-                await self._launch(res, orch_id, require_approval)
-            if all(r.status not in ("pending", "running") for r in results.values()):
-                break
-            if time.monotonic() > deadline:
-                for r in results.values():
-                    if r.status in ("pending", "running"):
-                        r.status, r.reason = "timed_out", f"not finished after {self.timeout_s}s"
-                break
-            await asyncio.sleep(self.poll_interval_s)
-        await self._end_executions()
+        try:
+            while True:
+                self._refresh(results)
+                self._skip_blocked(results)
+                for res in self._ready(results):
+                    await self._launch(res, orch_id, require_approval)
+                if all(r.status not in ("pending", "running") for r in results.values()):
+                    break
+                if time.monotonic() > deadline:
+                    for r in results.values():
+                        if r.status in ("pending", "running"):
+                            r.status = "timed_out"
+                            r.reason = f"not finished after {self.timeout_s}s"
+                    break
+                await asyncio.sleep(self.poll_interval_s)
+        finally:
+            await self._end_executions()
 
         ordered = [results[s.id] for s in decomposition.subtasks]
         success = bool(ordered) and all(r.status in ("completed", "skipped") for r in ordered)
@@ -457,6 +465,7 @@ class AutonomousOrchestrator:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=err,
+                start_new_session=True,  # its step processes are stopped with it
             )  # fmt: skip
         self._executions[res.cycle_id] = _Execution(
             process=proc, stderr_path=err.name, config_path=config_path
@@ -464,7 +473,7 @@ class AutonomousOrchestrator:
         res.status = "running"
 
     def _follow_execution(self, res: SubTaskResult) -> None:
-        """A executed run's id once the run exists; a child that exited without making
+        """An executed run's id once the run exists; a child that exited without making
         one is a failed launch (bad run config, ...)."""
         run = self._find_run(res.cycle_id)
         if run is not None:
@@ -472,15 +481,30 @@ class AutonomousOrchestrator:
             return
         execution = self._executions.get(res.cycle_id)
         if execution is not None and execution.process.returncode is not None:
-            err = Path(execution.stderr_path).read_text(errors="replace")
             res.status = "failed"
-            res.reason = f"launch failed: {err[-2000:]}"
+            res.reason = f"launch failed: {execution.stderr_tail()}"
+
+    def _execution_died(self, res: SubTaskResult, run: dg.DagsterRun) -> bool:
+        """The child executing an unfinished run has exited (killed): the run never ends."""
+        execution = self._executions.get(res.cycle_id)
+        if execution is None or execution.process.returncode is None:
+            return False
+        latest = self.instance.get_run_by_id(run.run_id)  # written before the child exited
+        if latest is not None and latest.status in DONE:
+            return False
+        res.status = "failed"
+        res.reason = (
+            f"the process executing run {run.run_id} exited with code "
+            f"{execution.process.returncode} before the run ended: {execution.stderr_tail()}"
+        )
+        return True
 
     async def _end_executions(self) -> None:
         """Stop the children of runs still in flight (a timeout) and remove their files."""
         for execution in self._executions.values():
             if execution.process.returncode is None:
-                execution.process.terminate()
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                    os.killpg(execution.process.pid, signal.SIGTERM)
                 await execution.process.wait()
             for path in (execution.stderr_path, execution.config_path):
                 Path(path).unlink(missing_ok=True)
@@ -502,6 +526,7 @@ class AutonomousOrchestrator:
             run = record.dagster_run
             res.run_status = run.status.value
             if run.status not in DONE:
+                self._execution_died(res, run)
                 continue
             res.started_at, res.finished_at = record.start_time, record.end_time
             res.status = "completed" if run.status == dg.DagsterRunStatus.SUCCESS else "failed"

@@ -4,6 +4,7 @@ daemon draining the runs the orchestrator queued with `dagster job launch`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from nomic_dagster.orchestration.instance import PROJECT_ROOT, isolated_home
 from nomic_dagster.orchestration.orchestrator import (
     ORCHESTRATION_TAG,
     AutonomousOrchestrator,
+    OrchestrationResult,
     route,
     run_mode,
 )
@@ -181,6 +183,71 @@ def test_without_a_daemon_runs_are_executed_not_queued(
         assert sub.run_id is not None
         assert not instance.all_logs(sub.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
         assert instance.get_run_by_id(sub.run_id).tags[ORCHESTRATION_TAG] == result.orchestration_id
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_an_executed_run_killed_midway_fails_its_subtask_and_a_timeout_stops_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a daemon the run is a child process: one killed while its run is in flight
+    fails the subtask at once (the run would never end); at the timeout the orchestrator
+    stops the children still running."""
+    monkeypatch.setenv("PYTHONPATH", str(PROJECT_ROOT))
+    sleeper_pids = tmp_path / "pids"  # the sleeper agent hangs in DEBATE
+    monkeypatch.setenv("NOMIC_TEST_PIDS", str(sleeper_pids))
+    home = isolated_home(tmp_path / "home")
+    repo = make_repo(tmp_path / "target", ta.GATE_REPO)
+    config = {"agents": [ta.spec(ta.Sleeper)], "test_command": FAST_TEST_COMMAND}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+
+        async def killed_midway() -> OrchestrationResult:
+            orch = await AutonomousOrchestrator.create(
+                repo=str(repo), instance=instance, cycle_config=config, timeout_s=300
+            )
+            task = asyncio.create_task(orch.execute(goal="Add triple to the calc ops"))
+            while not task.done():
+                started = [
+                    e
+                    for cycle_id, e in orch._executions.items()
+                    if (run := orch._find_run(cycle_id)) is not None
+                    and run.status is dg.DagsterRunStatus.STARTED
+                ]
+                if started:
+                    os.killpg(started[0].process.pid, signal.SIGKILL)
+                    break
+                await asyncio.sleep(0.2)
+            return await task
+
+        (sub,) = asyncio.run(killed_midway()).subtasks
+        assert sub.status == "failed" and "exited with code -9" in sub.reason, sub.reason
+        assert sub.run_status == "STARTED"
+
+        pids: list[int] = []
+
+        async def timed_out() -> OrchestrationResult:
+            orch = await AutonomousOrchestrator.create(
+                repo=str(repo), instance=instance, cycle_config=config, timeout_s=1
+            )
+            task = asyncio.create_task(orch.execute(goal="Add triple to the calc ops"))
+            while not task.done() and not pids:
+                pids.extend(e.process.pid for e in orch._executions.values())
+                await asyncio.sleep(0.05)
+            return await task
+
+        (sub,) = asyncio.run(timed_out()).subtasks
+        assert sub.status == "timed_out" and pids and not _pid_alive(pids[0])
+    assert nomic_branches(repo) == []
+    # the sleeper's own `sleep`, in a session of its own, is this test's to stop
+    for line in sleeper_pids.read_text().splitlines() if sleeper_pids.exists() else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split()[1]), signal.SIGKILL)
 
 
 def test_agent_decomposition_scans_the_configured_target(tmp_path: Path) -> None:
