@@ -43,6 +43,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "RecoveryManager": ("nomic_dagster.drivers.recovery", "RecoveryManager"),
     "RecoveryAction": ("nomic_dagster.drivers.recovery", "RecoveryAction"),
     "RecoveryDecision": ("nomic_dagster.drivers.recovery", "RecoveryDecision"),
+    "RecoveryContext": ("nomic_dagster.drivers.recovery", "RecoveryContext"),
+    "RecoveryStrategy": ("nomic_dagster.drivers.recovery", "RecoveryStrategy"),
     "CircuitBreaker": ("nomic_dagster.infra.breakers", "CircuitBreaker"),
     # records and settings
     "NomicCycleRecord": ("nomic_dagster.planning.cycle_store", "NomicCycleRecord"),
@@ -52,7 +54,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Track": ("nomic_dagster.core.records", "Track"),
     "CycleSettings": ("nomic_dagster.core.settings", "CycleSettings"),
     "BadInput": ("nomic_dagster.core.errors", "BadInput"),
-    # decomposition and multi-track orchestration
+    # planning, decomposition and multi-track orchestration
+    "MetaPlanner": ("nomic_dagster.planning.meta_planner", "MetaPlanner"),
     "TaskDecomposer": ("nomic_dagster.planning.decomposer", "TaskDecomposer"),
     "analyze_task": ("nomic_dagster.planning.decomposer", "analyze_task"),
     "AutonomousOrchestrator": (
@@ -73,14 +76,17 @@ __all__ = [
     "CircuitBreaker",
     "CycleRecord",
     "CycleSettings",
+    "MetaPlanner",
     "NomicCycleRecord",
     "NomicLoop",
     "NomicState",
     "NomicStateMachine",
     "Outcome",
     "RecoveryAction",
+    "RecoveryContext",
     "RecoveryDecision",
     "RecoveryManager",
+    "RecoveryStrategy",
     "StateMetadata",
     "TaskDecomposer",
     "Track",
@@ -121,7 +127,13 @@ if TYPE_CHECKING:  # pragma: no cover
         save_checkpoint,
     )
     from nomic_dagster.drivers.loop import NomicLoop
-    from nomic_dagster.drivers.recovery import RecoveryAction, RecoveryDecision, RecoveryManager
+    from nomic_dagster.drivers.recovery import (
+        RecoveryAction,
+        RecoveryContext,
+        RecoveryDecision,
+        RecoveryManager,
+        RecoveryStrategy,
+    )
     from nomic_dagster.drivers.state_machine import (
         NomicStateMachine,
         create_nomic_state_machine,
@@ -131,6 +143,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, TrackConfig
     from nomic_dagster.planning.cycle_store import NomicCycleRecord, get_cycle_store
     from nomic_dagster.planning.decomposer import TaskDecomposer, analyze_task
+    from nomic_dagster.planning.meta_planner import MetaPlanner
 
 
 def __getattr__(name: str) -> Any:

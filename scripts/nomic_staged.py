@@ -3,6 +3,7 @@
 
     python scripts/nomic_staged.py context --goal "..."   # the repository you are in (or --repo PATH)
     python scripts/nomic_staged.py debate        # reads context.json, writes debate.json
+                                                 # (no context.json: runs context first)
     python scripts/nomic_staged.py design
     python scripts/nomic_staged.py implement
     python scripts/nomic_staged.py verify
@@ -168,41 +169,38 @@ def run_staged(args: argparse.Namespace) -> int:
         return discard(args, folder)
 
     if args.phase in ("context", "all"):
-        unfinished = latest_state(folder)
-        if unfinished and not unfinished[1].ended:
-            phase, state = unfinished
-            return fail(
-                f"{folder} holds the unfinished cycle {state.cycle_id} (last phase: {phase.value})",
-                f"continue it, drop it with `nomic_staged.py discard --dir {folder}`, "
-                "or use another --dir",
-            )
-        for phase in ORDER:  # files of an earlier, finished cycle
-            phase_file(folder, phase).unlink(missing_ok=True)
-        (folder / "record.json").unlink(missing_ok=True)
-        settings = settings_from_args(args)
-        folder.mkdir(parents=True, exist_ok=True)
-        with cli_runtime(settings) as runtime, progress.attached():
-            state = start_cycle(settings)
-            phases = ORDER if args.phase == "all" else [Phase.CONTEXT]
-            state = run_phases(
-                state, phases, runtime, after_phase=lambda p, s: save(phase_file(folder, p), s)
-            )
-        print(f"cycle {state.cycle_id}: phase files in {folder}")
+        phases = ORDER if args.phase == "all" else [Phase.CONTEXT]
+        started = start_staged(args, folder, progress, phases)
+        if isinstance(started, int):
+            return started
+        state = started
         if args.phase == "context" and not state.ended:
-            print(summarize(Phase.CONTEXT, state))
             print(f"next: python scripts/nomic_staged.py debate --dir {folder}")
             return EXIT_OK
         return finish(state, folder)
 
     phase = Phase(args.phase)
     previous = ORDER[ORDER.index(phase) - 1]
-    given = _settings_given(args)
-    if given:
+    source = Path(args.state_file).expanduser() if args.state_file else phase_file(folder, previous)
+    if phase is Phase.DEBATE and not args.state_file and not source.exists():
+        # As in the seed, `nomic_staged.py debate` works on its own: the context it reads
+        # is made first (from the settings options, which therefore count here).
         print(
-            f"note: {', '.join(given)} ignored: after context the settings come from the state",
+            f"note: no context phase output at {source}: running the context phase first",
             file=sys.stderr,
         )
-    source = Path(args.state_file).expanduser() if args.state_file else phase_file(folder, previous)
+        started = start_staged(args, folder, progress, [Phase.CONTEXT])
+        if isinstance(started, int):
+            return started
+        if started.ended:
+            return finish(started, folder)
+    else:
+        given = _settings_given(args)
+        if given:
+            print(
+                f"note: {', '.join(given)} ignored: after context the settings come from the state",
+                file=sys.stderr,
+            )
     if not source.exists():
         raise UsageError(
             f"no state from the {previous.value} phase at {source}: run "
@@ -235,6 +233,35 @@ def run_staged(args: argparse.Namespace) -> int:
     following = ORDER[ORDER.index(phase) + 1]
     print(f"next: python scripts/nomic_staged.py {following.value} --dir {folder}")
     return EXIT_OK
+
+
+def start_staged(
+    args: argparse.Namespace, folder: Path, progress: Progress, phases: list[Phase]
+) -> CycleState | int:
+    """A new staged cycle from the settings options, run through `phases` (from CONTEXT on,
+    each saved to its file). An exit code instead when `folder` holds an unfinished cycle."""
+    unfinished = latest_state(folder)
+    if unfinished and not unfinished[1].ended:
+        phase, state = unfinished
+        return fail(
+            f"{folder} holds the unfinished cycle {state.cycle_id} (last phase: {phase.value})",
+            f"continue it, drop it with `nomic_staged.py discard --dir {folder}`, "
+            "or use another --dir",
+        )
+    for phase in ORDER:  # files of an earlier, finished cycle
+        phase_file(folder, phase).unlink(missing_ok=True)
+    (folder / "record.json").unlink(missing_ok=True)
+    settings = settings_from_args(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    with cli_runtime(settings) as runtime, progress.attached():
+        state = start_cycle(settings)
+        state = run_phases(
+            state, phases, runtime, after_phase=lambda p, s: save(phase_file(folder, p), s)
+        )
+    print(f"cycle {state.cycle_id}: phase files in {folder}")
+    if phases == [Phase.CONTEXT] and not state.ended:
+        print(summarize(Phase.CONTEXT, state))
+    return state
 
 
 def discard(args: argparse.Namespace, folder: Path) -> int:

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.pathrules import DEFAULT_PROTECTED_PATHS
 from nomic_dagster.core.records import ConsensusRule, Track
 
@@ -210,6 +211,34 @@ def project_home() -> Path | None:
     if (PROJECT_ROOT / "dagster.yaml").is_file() and (PROJECT_ROOT / "pyproject.toml").is_file():
         return PROJECT_ROOT / PROJECT_HOME_DIR
     return None
+
+
+# The seed's track table: "Track.CORE  # Debate engine, agents (1 concurrent, Claude only)".
+# Claude agents are `claude` (the API), `claude-code` (the CLI) and backends named
+# claude-<something> (e.g. a second Claude model).
+CLAUDE_ONLY_TRACKS: frozenset[Track] = frozenset({Track.CORE})
+AGENT_ROLES: tuple[str, ...] = ("judge", "designer", "implementer")
+
+
+def is_claude_agent(name: str) -> bool:
+    return name == "claude" or name.startswith("claude-")
+
+
+def check_track_agents(settings: CycleSettings, panel: list[str]) -> None:
+    """BadInput when the track allows only Claude and `panel` (the resolved panel) or a
+    role (judge, designer, implementer) names another agent."""
+    track = settings.track_enum
+    if track not in CLAUDE_ONLY_TRACKS:
+        return
+    named = [*panel, *(getattr(settings, role).strip() for role in AGENT_ROLES)]
+    others = [n for n in dict.fromkeys(named) if n and not is_claude_agent(n)]
+    if others:
+        raise BadInput(
+            f"track {track.value} is limited to Claude agents and the cycle names "
+            f"{', '.join(repr(n) for n in others)}",
+            "use agents=['claude'] (or claude-code) and no other judge, designer or "
+            "implementer for this track, or choose another track",
+        )
 
 
 def state_dir(settings: CycleSettings | None = None) -> Path:

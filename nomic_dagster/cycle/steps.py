@@ -28,7 +28,12 @@ from nomic_dagster.core.records import (
     new_cycle_id,
     utcnow,
 )
-from nomic_dagster.core.settings import DEFAULT_GOAL, CycleSettings, state_dir
+from nomic_dagster.core.settings import (
+    DEFAULT_GOAL,
+    CycleSettings,
+    check_track_agents,
+    state_dir,
+)
 from nomic_dagster.core.state import CycleState
 from nomic_dagster.cycle.finish import finish_cycle
 from nomic_dagster.cycle.history import CycleHistory
@@ -137,6 +142,7 @@ def _context(state: CycleState, run: PhaseRun) -> CycleState:
     # The panel: the settings' agents, else $NOMIC_AGENTS, else the offline three (run config
     # wins); resolved once here so that every later phase and the record name the same one.
     agents = panel_names(state.settings.agents, run.runtime.backends)
+    check_track_agents(state.settings, agents)  # e.g. track core: Claude only
     state = state.model_copy(
         update={"settings": state.settings.model_copy(update={"agents": agents})}
     )

@@ -39,7 +39,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from nomic_dagster.core.events import EventType, bus
 from nomic_dagster.core.records import utcnow
-from nomic_dagster.core.states import state_name
+from nomic_dagster.core.states import get_state_config, state_name
 from nomic_dagster.infra.breakers import BreakerRegistry
 
 T = TypeVar("T")
@@ -113,7 +113,10 @@ class RecoveryDecision(BaseModel):
 
 
 class RecoveryContext(BaseModel):
-    """The seed's `context` argument of `decide(error, context)`; a plain dict works too."""
+    """The seed's `context` argument of `decide(error, context)`; a plain dict works too.
+
+    `max_retries` and `is_critical` left out (None) are the failed state's own, from the
+    state table (`core.states.STATE_CONFIG`), as the state machine would use them."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -121,11 +124,25 @@ class RecoveryContext(BaseModel):
     attempts: int = Field(
         default=0, ge=0, validation_alias=AliasChoices("attempts", "retry_count", "retries")
     )
-    max_retries: int = Field(default=0, ge=0)
-    is_critical: bool = Field(
-        default=False, validation_alias=AliasChoices("is_critical", "critical")
+    max_retries: int | None = Field(default=None, ge=0)
+    is_critical: bool | None = Field(
+        default=None, validation_alias=AliasChoices("is_critical", "critical")
     )
     cycle_id: str | None = None
+
+    @property
+    def retries_allowed(self) -> int:
+        """`max_retries`, else the state table's retries for the state."""
+        if self.max_retries is not None:
+            return self.max_retries
+        return get_state_config(self.state).max_retries
+
+    @property
+    def critical(self) -> bool:
+        """`is_critical`, else whether the state table marks the state critical."""
+        if self.is_critical is not None:
+            return self.is_critical
+        return get_state_config(self.state).is_critical
 
     @field_validator("state", mode="before")
     @classmethod
@@ -296,14 +313,16 @@ class RecoveryManager:
     async def decide(
         self, error: BaseException | str, context: RecoveryContext | Mapping[str, Any]
     ) -> RecoveryDecision:
-        """The seed's API: `decision = await manager.decide(error, context)`."""
+        """The seed's API: `decision = await manager.decide(error, context)`. The context
+        names the failed state (and attempts so far); retries and criticality it leaves out
+        are the state table's for that state."""
         ctx = (
             context
             if isinstance(context, RecoveryContext)
             else RecoveryContext.model_validate(dict(context))
         )
         return self.decide_sync(
-            error, ctx.state, ctx.attempts, ctx.max_retries, ctx.is_critical, ctx.cycle_id
+            error, ctx.state, ctx.attempts, ctx.retries_allowed, ctx.critical, ctx.cycle_id
         )
 
     async def decide_recovery(

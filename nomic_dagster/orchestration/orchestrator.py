@@ -5,12 +5,18 @@
         goal="Improve test coverage in debate module", tracks=[Track.QA, Track.CORE]
     )
 
+The target is `repo` resolved to an absolute path, else `current_target()`: $NOMIC_REPO,
+else the git repository the current directory is in (as for the state machine).
+
 The goal is decomposed (`TaskDecomposer`), each subtask routed to a track (file prefix
-first, then keywords), and launched as a run of the job `nomic_cycle_<track>` with
-`dagster job launch`: the run is queued on the Dagster instance, so the instance's run
-queue and per-track tag limits (dagster.yaml) decide when it starts; a running daemon (or
-`dagster dev`) dequeues it. On top of that the orchestrator keeps at most
-`TrackConfig.max_concurrent_tasks` of its own runs in flight per track.
+first, then keywords), and run as a run of the job `nomic_cycle_<track>` on the Dagster
+instance. When a daemon is dequeuing the instance's runs (`dagster dev`, `dagster-daemon
+run`) the run is queued with `dagster job launch`, so the run queue and per-track tag
+limits (dagster.yaml) decide when it starts. Without one a queued run would never start,
+so the run is executed instead (`dagster job execute`, in a child process: the run and its
+`cycle_records` materialization are on the instance all the same, it only bypasses the
+queue). On top of that the orchestrator keeps at most `TrackConfig.max_concurrent_tasks`
+of its own runs in flight per track.
 
 A subtask is launched only after every dependency's run finished with SUCCESS; a failed,
 canceled or skipped dependency marks its dependants skipped. The result reports every
@@ -27,14 +33,17 @@ runs the cycle on; its dependants are a new `execute` away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,10 +54,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import Outcome, Track
 from nomic_dagster.core.settings import CycleSettings
+from nomic_dagster.infra.git import is_url
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.instance import PROJECT_ROOT
 from nomic_dagster.orchestration.ops import CYCLE_ID_TAG
-from nomic_dagster.planning.decomposer import SubTask, TaskDecomposer, TaskDecomposition
+from nomic_dagster.planning.decomposer import (
+    SubTask,
+    TaskDecomposer,
+    TaskDecomposition,
+    current_target,
+)
 
 Status = Literal[
     "pending",
@@ -63,6 +78,40 @@ Status = Literal[
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 ORCHESTRATION_TAG = "nomic/orchestration_id"
 SUBTASK_TAG = "nomic/subtask_id"
+DEFINITIONS_MODULE = "nomic_dagster.definitions"
+# How a subtask's run is started: queued for the daemon, or executed in a child process.
+RunMode = Literal["queue", "execute"]
+QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
+
+
+def orchestrated_target(repo: str | None) -> str:
+    """The target every run works on: `repo`, else `current_target()`; a local path is made
+    absolute here, at the entry point, so that no run resolves it against its own cwd."""
+    target = (repo or "").strip() or current_target()
+    if target == "demo" or is_url(target):
+        return target
+    return str(Path(target).expanduser().resolve())
+
+
+def run_mode(instance: dg.DagsterInstance) -> RunMode:
+    """How runs start on `instance`: queued when a queued run will start (the instance has
+    no run queue, or a daemon that dequeues runs sent a heartbeat recently), else executed."""
+    if QUEUE_DAEMON not in instance.get_required_daemon_types():
+        return "queue"  # no run queue: `dagster job launch` starts the run itself
+    status = instance.get_daemon_statuses([QUEUE_DAEMON]).get(QUEUE_DAEMON)
+    return "queue" if status is not None and status.healthy else "execute"
+
+
+@dataclass
+class _Execution:
+    """A subtask run executed in a child process (no daemon): what to watch and clean up."""
+
+    process: asyncio.subprocess.Process
+    stderr_path: str
+    config_path: str
+
+    def stderr_tail(self) -> str:
+        return Path(self.stderr_path).read_text(errors="replace")[-2000:]
 
 
 class TrackConfig(BaseModel):
@@ -219,12 +268,13 @@ class AutonomousOrchestrator:
         use_debate_decomposition: bool = False,
     ) -> None:
         self.instance = instance
-        self.repo = repo
+        self.repo = orchestrated_target(repo)
+        self._executions: dict[str, _Execution] = {}
         self.track_configs = track_configs or DEFAULT_TRACK_CONFIGS
         self.cycle_config = dict(cycle_config or {})
         if decomposer is None and use_debate_decomposition:
             # the agents' scan of the target the runs will work on (see TaskDecomposer)
-            scan = CycleSettings.model_validate({**self.cycle_config, "repo": repo})
+            scan = CycleSettings.model_validate({**self.cycle_config, "repo": self.repo})
             decomposer = TaskDecomposer(complexity_threshold=4, use_debate=True, scan_settings=scan)
         self.decomposer = decomposer or TaskDecomposer(complexity_threshold=4)
         self.workspace = workspace or PROJECT_ROOT / "workspace.yaml"
@@ -238,9 +288,11 @@ class AutonomousOrchestrator:
         instance: dg.DagsterInstance | None = None,
         **kwargs: Any,
     ) -> AutonomousOrchestrator:
-        """`instance` defaults to `DagsterInstance.get()` ($DAGSTER_HOME). `cycle_config` holds
-        extra `context_op` config for every run (agents, test_command, ...).
-        `use_debate_decomposition=True` decomposes through those agents' scan of `repo`."""
+        """`repo` defaults to the repository the current directory is in (see
+        `orchestrated_target`). `instance` defaults to `DagsterInstance.get()`
+        ($DAGSTER_HOME). `cycle_config` holds extra `context_op` config for every run
+        (agents, test_command, ...). `use_debate_decomposition=True` decomposes through
+        those agents' scan of `repo`."""
         if instance is None:
             if not os.environ.get("DAGSTER_HOME"):
                 raise BadInput(
@@ -281,19 +333,23 @@ class AutonomousOrchestrator:
             results[sub.id] = res
 
         deadline = started + self.timeout_s
-        while True:
-            self._refresh(results)
-            self._skip_blocked(results)
-            for res in self._ready(results):
-                await self._launch(res, orch_id, require_approval)
-            if all(r.status not in ("pending", "running") for r in results.values()):
-                break
-            if time.monotonic() > deadline:
-                for r in results.values():
-                    if r.status in ("pending", "running"):
-                        r.status, r.reason = "timed_out", f"not finished after {self.timeout_s}s"
-                break
-            await asyncio.sleep(self.poll_interval_s)
+        try:
+            while True:
+                self._refresh(results)
+                self._skip_blocked(results)
+                for res in self._ready(results):
+                    await self._launch(res, orch_id, require_approval)
+                if all(r.status not in ("pending", "running") for r in results.values()):
+                    break
+                if time.monotonic() > deadline:
+                    for r in results.values():
+                        if r.status in ("pending", "running"):
+                            r.status = "timed_out"
+                            r.reason = f"not finished after {self.timeout_s}s"
+                    break
+                await asyncio.sleep(self.poll_interval_s)
+        finally:
+            await self._end_executions()
 
         ordered = [results[s.id] for s in decomposition.subtasks]
         success = bool(ordered) and all(r.status in ("completed", "skipped") for r in ordered)
@@ -365,12 +421,14 @@ class AutonomousOrchestrator:
         config: dict[str, Any] = {**self.cycle_config, "goal": f"{sub.title}: {sub.description}"}
         if require_approval:
             config["require_approval"] = True
-        if self.repo is not None:
-            config["repo"] = self.repo
+        config["repo"] = self.repo
         tags = {CYCLE_ID_TAG: res.cycle_id, ORCHESTRATION_TAG: orch_id, SUBTASK_TAG: sub.id}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
             yaml.safe_dump({"ops": {"context_op": {"config": config}}}, fh)
             config_path = fh.name
+        if run_mode(self.instance) == "execute":
+            await self._execute(res, config_path, tags)
+            return
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(Path(sys.executable).parent / "dagster"),
@@ -393,12 +451,73 @@ class AutonomousOrchestrator:
         res.status, res.run_id = "running", run.run_id
         res.run_status = run.status.value
 
+    async def _execute(self, res: SubTaskResult, config_path: str, tags: dict[str, str]) -> None:
+        """Start the run with `dagster job execute` in a child process (no daemon would start
+        a queued one); `_refresh` follows it on the instance like a queued run."""
+        with tempfile.NamedTemporaryFile("wb", suffix=".stderr", delete=False) as err:
+            proc = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "dagster"),
+                "job", "execute", "-m", DEFINITIONS_MODULE,
+                "-j", f"nomic_cycle_{res.track.value}",
+                "-c", config_path, "--tags", json.dumps(tags),
+                cwd=str(PROJECT_ROOT),
+                env={**os.environ, "DAGSTER_HOME": str(self.instance.root_directory)},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,  # its step processes are stopped with it
+            )  # fmt: skip
+        self._executions[res.cycle_id] = _Execution(
+            process=proc, stderr_path=err.name, config_path=config_path
+        )
+        res.status = "running"
+
+    def _follow_execution(self, res: SubTaskResult) -> None:
+        """An executed run's id once the run exists; a child that exited without making
+        one is a failed launch (bad run config, ...)."""
+        run = self._find_run(res.cycle_id)
+        if run is not None:
+            res.run_id, res.run_status = run.run_id, run.status.value
+            return
+        execution = self._executions.get(res.cycle_id)
+        if execution is not None and execution.process.returncode is not None:
+            res.status = "failed"
+            res.reason = f"launch failed: {execution.stderr_tail()}"
+
+    def _execution_died(self, res: SubTaskResult, run: dg.DagsterRun) -> bool:
+        """The child executing an unfinished run has exited (killed): the run never ends."""
+        execution = self._executions.get(res.cycle_id)
+        if execution is None or execution.process.returncode is None:
+            return False
+        latest = self.instance.get_run_by_id(run.run_id)  # written before the child exited
+        if latest is not None and latest.status in DONE:
+            return False
+        res.status = "failed"
+        res.reason = (
+            f"the process executing run {run.run_id} exited with code "
+            f"{execution.process.returncode} before the run ended: {execution.stderr_tail()}"
+        )
+        return True
+
+    async def _end_executions(self) -> None:
+        """Stop the children of runs still in flight (a timeout) and remove their files."""
+        for execution in self._executions.values():
+            if execution.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                    os.killpg(execution.process.pid, signal.SIGTERM)
+                await execution.process.wait()
+            for path in (execution.stderr_path, execution.config_path):
+                Path(path).unlink(missing_ok=True)
+        self._executions.clear()
+
     def _find_run(self, cycle_id: str) -> dg.DagsterRun | None:
         runs = self.instance.get_runs(filters=dg.RunsFilter(tags={CYCLE_ID_TAG: cycle_id}))
         return runs[0] if runs else None
 
     def _refresh(self, results: dict[str, SubTaskResult]) -> None:
         for res in results.values():
+            if res.status == "running" and res.run_id is None:
+                self._follow_execution(res)
             if res.status != "running" or res.run_id is None:
                 continue
             record = self.instance.get_run_record_by_id(res.run_id)
@@ -407,6 +526,7 @@ class AutonomousOrchestrator:
             run = record.dagster_run
             res.run_status = run.status.value
             if run.status not in DONE:
+                self._execution_died(res, run)
                 continue
             res.started_at, res.finished_at = record.start_time, record.end_time
             res.status = "completed" if run.status == dg.DagsterRunStatus.SUCCESS else "failed"

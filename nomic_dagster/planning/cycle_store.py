@@ -35,7 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from nomic_dagster.core.records import (
     CycleRecord,
@@ -128,23 +128,56 @@ class PatternReinforcement(Record):
     context: dict[str, str] = Field(default_factory=dict)
 
 
+# The keys an item of a list of contributions may name its agent by (the seed's list form).
+CONTRIBUTION_AGENT_KEYS = ("agent", "agent_name", "agent_id")
+
+
+def _contributions_by_agent(items: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+    """The seed's list of contributions, keyed by the agent each item names."""
+    keyed: dict[str, Any] = {}
+    for n, item in enumerate(items):
+        fields = dict(item) if isinstance(item, dict) else None
+        names = [fields.pop(k) for k in CONTRIBUTION_AGENT_KEYS if k in fields] if fields else []
+        if fields is None or len(names) != 1 or not isinstance(names[0], str) or not names[0]:
+            raise ValueError(
+                f"agent_contributions[{n}] names no agent: give each item of the list one of "
+                f"{', '.join(CONTRIBUTION_AGENT_KEYS)} (e.g. {{'agent': 'claude', "
+                "'proposals_made': 1}), or pass a dict agent -> contribution"
+            )
+        if names[0] in keyed:
+            raise ValueError(
+                f"agent_contributions names {names[0]!r} twice: give one item per agent"
+            )
+        keyed[names[0]] = fields
+    return keyed
+
+
 class NomicCycleRecord(Record):
-    """The learning record of one cycle (the seed's `NomicCycleRecord`)."""
+    """The learning record of one cycle (the seed's `NomicCycleRecord`).
+
+    `record_from_state` fills every field. Written by hand, as in the seed
+    (`NomicCycleRecord(cycle_id=..., agent_contributions=[...], surprise_events=[...],
+    pattern_reinforcements=[...])`), only `cycle_id` is needed: the target and goal default
+    to empty, the times to now, `success` to whether `outcome` is committed and `outcome`
+    to committed when `success` says so, else abandoned (nothing landed that the record
+    knows of). Contributions may be the seed's list, each item naming its `agent`; they
+    are stored keyed by agent, as `record_from_state` writes them.
+    """
 
     schema_version: int = 1
     cycle_id: str
     run_id: str | None = None
-    track: Track
-    origin: str
-    repo: str
+    track: Track = Track.DEVELOPER
+    origin: str = ""  # the target as named (path or URL); defaults to `repo`
+    repo: str = ""
     base_branch: str | None = None
     base_sha: str | None = None
-    goal: str
+    goal: str = ""
     goal_source: str = "default"
     outcome: Outcome
     success: bool  # a verified commit landed
     error_message: str = ""  # the cycle's reason when it did not succeed
-    started_at: datetime
+    started_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime
     duration_seconds: float = Field(0.0, ge=0.0)
     ended_in: Phase | None = None
@@ -193,6 +226,24 @@ class NomicCycleRecord(Record):
     merged: bool = False
     cost_usd: float = Field(0.0, ge=0.0)
     tokens: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_form(cls, data: Any) -> Any:
+        """Defaults that depend on other fields, and the seed's list of contributions."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("agent_contributions"), list | tuple):
+            data["agent_contributions"] = _contributions_by_agent(data["agent_contributions"])
+        if "outcome" not in data:
+            data["outcome"] = Outcome.COMMITTED if data.get("success") else Outcome.ABANDONED
+        if "success" not in data:
+            data["success"] = Outcome(data["outcome"]) is Outcome.COMMITTED
+        data.setdefault("origin", data.get("repo", ""))
+        data.setdefault("started_at", utcnow())
+        data.setdefault("completed_at", data["started_at"])
+        return data
 
     @property
     def files(self) -> list[str]:

@@ -12,13 +12,18 @@ deliberate differences from the original:
 The abstract bonus is capped at `ABSTRACT_BONUS_CAP` (5.0). Vague-goal expansion into
 deliberation templates is not implemented: a vague goal below the threshold is one subtask.
 
-`TaskDecomposer(use_debate=True, scan_settings=...)` decomposes through the configured
-agents' offline scan of the target (see the class docstring). No Dagster imports.
+`TaskDecomposer(use_debate=True)` decomposes through the configured agents' offline scan
+of the target (see the class docstring): `scan_settings`, else the current repository.
+`await decomposer.decompose(goal)` is the seed's asynchronous form of `analyze`. No Dagster
+imports.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +32,7 @@ from nomic_dagster.agents import build_panel
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import Goal, Proposal, new_cycle_id
 from nomic_dagster.core.settings import CycleSettings
-from nomic_dagster.infra.git import close_workspace, open_workspace
+from nomic_dagster.infra.git import close_workspace, git, open_workspace
 from nomic_dagster.phases.context import gather_context
 
 Level = Literal["low", "medium", "high"]
@@ -224,6 +229,23 @@ def _concept_complexity(concept: str) -> Level:
     return "low"
 
 
+def current_target(cwd: str | os.PathLike[str] | None = None) -> str:
+    """The target when none is named: $NOMIC_REPO, else the top level of the git repository
+    the current directory is in (BadInput if it is in none)."""
+    if os.environ.get("NOMIC_REPO", "").strip():
+        return os.environ["NOMIC_REPO"].strip()
+    here = Path(cwd or os.getcwd()).resolve()
+    top = git(here, "rev-parse", "--show-toplevel", check=False).strip()
+    if not top:
+        raise BadInput(
+            f"no repository was named and the current directory {str(here)!r} is not inside "
+            "a git repository",
+            "run from inside the repository to improve, or name it (repo=PATH, or "
+            "scan_settings=CycleSettings(repo=PATH))",
+        )
+    return top
+
+
 class TaskDecomposer:
     """Decompose a goal: `analyze(goal)` returns a `TaskDecomposition`.
 
@@ -233,7 +255,9 @@ class TaskDecomposer:
     proposal becomes a subtask (best benefit first; a subtask depends on earlier ones that
     touch the same files). There is no critique or vote round: the agent protocol has no
     decomposition step, so this is the agents' offline scan, not an LLM debate. No proposal
-    falls back to the heuristic (the rationale says so).
+    falls back to the heuristic (the rationale says so). Without `scan_settings` the scan
+    reads `current_target()` (the repository the current directory is in) with the default
+    panel, resolved when the scan runs.
     """
 
     def __init__(
@@ -244,11 +268,6 @@ class TaskDecomposer:
         use_debate: bool = False,
         scan_settings: CycleSettings | None = None,
     ) -> None:
-        if use_debate and scan_settings is None:
-            raise BadInput(
-                "decomposition through agents scans a target, and none was given",
-                "pass scan_settings=CycleSettings(repo=..., agents=[...]) or use_debate=False",
-            )
         self.complexity_threshold = complexity_threshold
         self.max_subtasks = max_subtasks
         self.max_depth = max_depth
@@ -287,6 +306,11 @@ class TaskDecomposer:
                 "recommend_debate": False,
             }
         )
+
+    async def decompose(self, task: str, depth: int = 0) -> TaskDecomposition:
+        """The seed's API: `result = await decomposer.decompose(goal)`; `analyze` in a
+        worker thread (a scan runs the target's tests), so the event loop is not blocked."""
+        return await asyncio.to_thread(self.analyze, task, depth)
 
     def _heuristic(self, task: str, depth: int) -> TaskDecomposition:
         if not task:
@@ -330,8 +354,10 @@ class TaskDecomposer:
 
     def _scan(self, task: str) -> list[Proposal]:
         """Every agent's proposals for `task` on a fresh worktree of the target."""
-        assert self.scan_settings is not None
-        settings = self.scan_settings.model_copy(update={"goal": task})
+        chosen = self.scan_settings or CycleSettings()
+        if not chosen.repo:
+            chosen = chosen.model_copy(update={"repo": current_target()})
+        settings = chosen.model_copy(update={"goal": task})
         panel = build_panel(settings.agents)
         ws = open_workspace(settings, f"scan-{new_cycle_id()}")
         try:

@@ -77,6 +77,26 @@ def test_staged_phase_by_phase_ends_with_a_commit(tmp_path: Path, state_dir: Pat
     assert again.returncode == 1 and "already ran" in again.stderr
 
 
+def test_staged_debate_without_a_context_runs_the_context_phase_first(tmp_path: Path) -> None:
+    """`nomic_staged.py debate` on its own (as in the seed) makes the context it reads, says
+    so on stderr, and uses the settings options for it (they are not ignored)."""
+    repo = target(tmp_path)
+    folder = tmp_path / "staged"
+    res = run(PY, STAGED, "debate", "--dir", str(folder), "-q", *settings_args(repo))
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert "running the context phase first" in res.stderr
+    assert "ignored" not in res.stderr
+    context = json.loads((folder / "context.json").read_text())
+    debate = json.loads((folder / "debate.json").read_text())
+    assert context["cycle_id"] == debate["cycle_id"]
+    assert context["settings"]["repo"] == str(repo)
+    assert "debate" in debate["phase_durations"] and debate["outcome"] is None
+    assert "nomic_staged.py design" in res.stdout
+    res = run(PY, STAGED, "design", "--dir", str(folder), "-q")
+    assert res.returncode == 0, (res.stdout, res.stderr)
+    assert json.loads((folder / "design.json").read_text())["cycle_id"] == context["cycle_id"]
+
+
 def test_staged_all_never_commits_after_failed_verification(tmp_path: Path) -> None:
     repo = target(tmp_path)
     folder = tmp_path / "staged"
@@ -184,7 +204,7 @@ def test_nomic_run_history_and_status(tmp_path: Path) -> None:
         ([NOMIC, "run", "--repo", "."], "not a git repository"),
         ([NOMIC, "history", "--limit", "0"], "--limit"),
         ([NOMIC, "frobnicate"], "invalid choice"),
-        ([PY, STAGED, "debate", "--dir", "{tmp}/empty"], "run `nomic_staged.py context` first"),
+        ([PY, STAGED, "design", "--dir", "{tmp}/empty"], "run `nomic_staged.py debate` first"),
         ([PY, STAGED, "all", "--repo", "demo", "--agents", "x:Y"], "cannot be imported"),
         (
             [NOMIC, "run", "--agents", GOOD],

@@ -33,6 +33,7 @@ from nomic_dagster.orchestration.orchestrator import AutonomousOrchestrator, Orc
 from nomic_dagster.orchestration.resources import NomicResource
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.approval_agents import CountingAgent, FlakyImplementer, calls
+from nomic_dagster_tests.support.daemon import wait_for_queue_daemon
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo, run_git
 from nomic_dagster_tests.support.snapshots import nomic_branches
 
@@ -443,6 +444,7 @@ def test_orchestrator_with_require_approval_stops_subtasks_awaiting_approval(
             start_new_session=True,
         )
         try:
+            wait_for_queue_daemon(instance)  # the runs are queued, not executed
 
             async def go() -> OrchestrationResult:
                 orch = await AutonomousOrchestrator.create(

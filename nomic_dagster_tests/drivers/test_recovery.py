@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from nomic_dagster.core.events import EventType, NomicEvent
+from nomic_dagster.core.states import get_state_config
 from nomic_dagster.cycle.runtime import CycleRuntime
 from nomic_dagster.cycle.steps import run_cycle
 from nomic_dagster.drivers.recovery import (
@@ -175,6 +176,41 @@ def test_seed_readme_snippets_work_as_written() -> None:
     assert 0.75 <= decision.delay_s <= 1.25
     model = RecoveryContext(state="implement", attempts=1, max_retries=1, is_critical=True)
     assert asyncio.run(manager.decide(ValueError("x"), model)).action is RecoveryAction.FAIL
+
+
+@pytest.mark.parametrize(
+    ("state", "attempts", "action"),
+    [
+        ("context", 1, RecoveryAction.RETRY),  # 2 retries, not critical
+        ("context", 2, RecoveryAction.PAUSE),
+        ("debate", 0, RecoveryAction.RETRY),  # 1 retry, critical
+        ("debate", 1, RecoveryAction.FAIL),
+        ("commit", 1, RecoveryAction.FAIL),  # 1 retry, critical
+        ("verify", 2, RecoveryAction.RETRY),  # 3 retries, not critical
+        ("verify", 3, RecoveryAction.PAUSE),
+    ],
+)
+def test_decide_takes_retries_and_criticality_from_the_state_table(
+    state: str, attempts: int, action: RecoveryAction
+) -> None:
+    """A context that names only the state (and attempts) gets that state's own limits from
+    STATE_CONFIG; before, it got 0 retries and 'not critical' whatever the state."""
+    config = get_state_config(state)
+    manager = RecoveryManager(BreakerRegistry(), jitter=False)
+    decision = asyncio.run(
+        manager.decide(ValueError("broken"), {"state": state, "attempts": attempts})
+    )
+    assert decision.action is action, decision.reason
+    (entry,) = manager.history
+    assert (entry["max_retries"], entry["is_critical"]) == (config.max_retries, config.is_critical)
+    # what the context does give wins over the table
+    given = asyncio.run(
+        manager.decide(
+            ValueError("broken"),
+            RecoveryContext(state=state, attempts=attempts, max_retries=9, is_critical=False),
+        )
+    )
+    assert given.action is RecoveryAction.RETRY
 
 
 # ---------------------------------------------------------------- breakers

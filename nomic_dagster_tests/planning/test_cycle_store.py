@@ -158,6 +158,63 @@ def test_w13_agent_contributions_are_a_name_to_contribution_mapping() -> None:
         NomicCycleRecord.model_validate(listed)
 
 
+def test_seed_form_needs_only_a_cycle_id_and_keys_a_list_of_contributions_by_agent(
+    store: CycleStore,
+) -> None:
+    """The seed's `NomicCycleRecord(cycle_id=..., agent_contributions=[...],
+    surprise_events=[...], pattern_reinforcements=[...])`: sensible defaults for the rest,
+    and the list of contributions stored in the form finished cycles store them."""
+    record = NomicCycleRecord(
+        cycle_id="cycle-123",
+        agent_contributions=[
+            {"agent": "claude", "proposals_made": 2, "proposals_won": 1},
+            {"agent_name": "gpt", "votes_cast": 1},
+        ],
+        surprise_events=[
+            {"phase": "verify", "description": "d", "expected": "pass", "actual": "fail"}
+        ],
+        pattern_reinforcements=[
+            {"pattern_type": "add-tests", "description": "d", "success": False}
+        ],
+    )
+    assert set(record.agent_contributions) == {"claude", "gpt"}
+    assert record.agent_contributions["claude"] == AgentContribution(
+        proposals_made=2, proposals_won=1
+    )
+    assert (record.outcome, record.success, record.track) == (
+        Outcome.ABANDONED,
+        False,
+        Track.DEVELOPER,
+    )
+    assert record.completed_at == record.started_at and record.origin == record.repo == ""
+    asyncio.run(store.save(record))
+    stored = store.get("cycle-123")
+    assert stored == record
+    assert isinstance(stored.model_dump(mode="json")["agent_contributions"], dict)
+    # the stored (dict) form is read back unchanged, with its own outcome and times
+    finished = learning_record(Outcome.COMMITTED)
+    assert NomicCycleRecord.model_validate(finished.model_dump(mode="json")) == finished
+    # outcome and success follow each other when only one is given
+    assert NomicCycleRecord(cycle_id="c", success=True).outcome is Outcome.COMMITTED
+    assert NomicCycleRecord(cycle_id="c", outcome="committed").success is True
+    assert NomicCycleRecord(cycle_id="c", repo="/srv/t").origin == "/srv/t"
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([{"proposals_made": 1}], r"agent_contributions\[0\] names no agent"),
+        ([{"agent": "a"}, {"agent_id": "a"}], "names 'a' twice"),
+        ([{"agent": "a", "agent_name": "b"}], "names no agent"),
+    ],
+)
+def test_a_list_of_contributions_must_name_each_agent_once(
+    items: list[dict[str, object]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        NomicCycleRecord(cycle_id="c", agent_contributions=items)
+
+
 def test_contributions_add_up() -> None:
     a = AgentContribution(proposals_made=1, usd=0.1, quality_score=1.0)
     b = AgentContribution(proposals_made=2, usd=0.2, failures=1, quality_score=0.0)

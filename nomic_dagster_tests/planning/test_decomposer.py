@@ -79,9 +79,22 @@ def test_max_subtasks_caps_concepts() -> None:
     assert d.subtasks[1].estimated_complexity == "medium"
 
 
-def test_agent_decomposition_needs_a_target() -> None:
-    with pytest.raises(BadInput, match="scans a target"):
-        TaskDecomposer(use_debate=True)
+def test_agent_decomposition_without_a_target_scans_the_current_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No scan_settings: the target is the repository the current directory is in (was a
+    BadInput at construction); outside any repository the scan says how to name one."""
+    decomposer = TaskDecomposer(use_debate=True)  # no target needed to construct it
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadInput, match="not inside a git repository"):
+        decomposer.analyze("Tidy the calc package")
+    repo = make_repo(tmp_path / "target", ta.GATE_REPO)
+    monkeypatch.chdir(repo / "calc")
+    monkeypatch.setenv("NOMIC_AGENTS", ta.spec(ta.GoodAgent))
+    d = TaskDecomposer(use_debate=True).analyze("Tidy the calc package")
+    assert [s.success_criteria["proposal"] for s in d.subtasks] == ["good:scripted"]
+    assert d.subtasks[0].file_scope == ["calc/ops.py"]
+    assert len(worktrees(repo)) == 1
 
 
 def test_agent_decomposition_turns_the_agents_scan_into_subtasks(tmp_path: Path) -> None:
