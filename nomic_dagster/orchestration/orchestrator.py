@@ -5,7 +5,7 @@
         goal="Improve test coverage in debate module", tracks=[Track.QA, Track.CORE]
     )
 
-The target is `repo` resolved to an absolute path, else `current_target()`: $NOMIC_REPO,
+The target is chosen by the target rule (`infra.git.choose_target`): `repo`, $NOMIC_REPO,
 else the git repository the current directory is in (as for the state machine).
 
 The goal is decomposed (`TaskDecomposer`), each subtask routed to a track (file prefix
@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import Outcome, Track
 from nomic_dagster.core.settings import CycleSettings
-from nomic_dagster.infra.git import is_url
+from nomic_dagster.infra.git import choose_target
 from nomic_dagster.orchestration.assets import CYCLE_RECORDS
 from nomic_dagster.orchestration.instance import PROJECT_ROOT
 from nomic_dagster.orchestration.ops import CYCLE_ID_TAG
@@ -62,7 +62,6 @@ from nomic_dagster.planning.decomposer import (
     SubTask,
     TaskDecomposer,
     TaskDecomposition,
-    current_target,
 )
 
 Status = Literal[
@@ -85,12 +84,10 @@ QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
 
 
 def orchestrated_target(repo: str | None) -> str:
-    """The target every run works on: `repo`, else `current_target()`; a local path is made
+    """The target every run works on, by the target rule (`choose_target`: `repo`, else
+    $NOMIC_REPO, else the repository the current directory is in); a local path is made
     absolute here, at the entry point, so that no run resolves it against its own cwd."""
-    target = (repo or "").strip() or current_target()
-    if target == "demo" or is_url(target):
-        return target
-    return str(Path(target).expanduser().resolve())
+    return choose_target(repo)
 
 
 def run_mode(instance: dg.DagsterInstance) -> RunMode:

@@ -21,18 +21,15 @@ imports.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nomic_dagster.agents import build_panel
-from nomic_dagster.core.errors import BadInput
 from nomic_dagster.core.records import Goal, Proposal, new_cycle_id
 from nomic_dagster.core.settings import CycleSettings
-from nomic_dagster.infra.git import close_workspace, git, open_workspace
+from nomic_dagster.infra.git import choose_target, close_workspace, open_workspace
 from nomic_dagster.phases.context import gather_context
 
 Level = Literal["low", "medium", "high"]
@@ -229,23 +226,6 @@ def _concept_complexity(concept: str) -> Level:
     return "low"
 
 
-def current_target(cwd: str | os.PathLike[str] | None = None) -> str:
-    """The target when none is named: $NOMIC_REPO, else the top level of the git repository
-    the current directory is in (BadInput if it is in none)."""
-    if os.environ.get("NOMIC_REPO", "").strip():
-        return os.environ["NOMIC_REPO"].strip()
-    here = Path(cwd or os.getcwd()).resolve()
-    top = git(here, "rev-parse", "--show-toplevel", check=False).strip()
-    if not top:
-        raise BadInput(
-            f"no repository was named and the current directory {str(here)!r} is not inside "
-            "a git repository",
-            "run from inside the repository to improve, or name it (repo=PATH, or "
-            "scan_settings=CycleSettings(repo=PATH))",
-        )
-    return top
-
-
 class TaskDecomposer:
     """Decompose a goal: `analyze(goal)` returns a `TaskDecomposition`.
 
@@ -256,7 +236,8 @@ class TaskDecomposer:
     touch the same files). There is no critique or vote round: the agent protocol has no
     decomposition step, so this is the agents' offline scan, not an LLM debate. No proposal
     falls back to the heuristic (the rationale says so). Without `scan_settings` the scan
-    reads `current_target()` (the repository the current directory is in) with the default
+    reads `choose_target` (the target rule: $NOMIC_REPO, else the repository the current
+    directory is in) with the default
     panel, resolved when the scan runs.
     """
 
@@ -355,8 +336,8 @@ class TaskDecomposer:
     def _scan(self, task: str) -> list[Proposal]:
         """Every agent's proposals for `task` on a fresh worktree of the target."""
         chosen = self.scan_settings or CycleSettings()
-        if not chosen.repo:
-            chosen = chosen.model_copy(update={"repo": current_target()})
+        # the target rule of every entry point run from a checkout (BadInput outside one)
+        chosen = chosen.model_copy(update={"repo": choose_target(chosen.repo)})
         settings = chosen.model_copy(update={"goal": task})
         panel = build_panel(settings.agents)
         ws = open_workspace(settings, f"scan-{new_cycle_id()}")
