@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from nomic_dagster.orchestration.orchestrator import (
 from nomic_dagster.planning.decomposer import SubTask
 from nomic_dagster_tests.support import agents_for_tests as ta
 from nomic_dagster_tests.support.daemon import wait_for_queue_daemon
+from nomic_dagster_tests.support.dagster_home import DagsterHome
 from nomic_dagster_tests.support.repo_builders import FAST_TEST_COMMAND, make_repo
 from nomic_dagster_tests.support.snapshots import nomic_branches
 
@@ -47,46 +47,27 @@ def test_route_prefers_longest_folder_then_whole_word_keywords() -> None:
 
 
 @pytest.mark.slow
-def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None:
-    home = isolated_home(tmp_path / "home")
+def test_two_subtasks_run_in_dependency_order_and_commit(
+    tmp_path: Path, launch_home: DagsterHome
+) -> None:
     repo = make_repo(tmp_path / "target", ta.GATE_REPO)
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        # create the SQLite storages before the daemon and the launch CLI open them at once
-        # (concurrent first-time schema setup races)
-        instance.get_runs()
-        assert instance.event_log_storage is not None and instance.schedule_storage is not None
-        daemon = subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+    instance = launch_home.instance
+
+    async def go():
+        orch = await AutonomousOrchestrator.create(
+            repo=str(repo),
+            instance=instance,
+            cycle_config={"agents": [ta.spec(ta.GoodAgent)], "test_command": FAST_TEST_COMMAND},
+            timeout_s=600,  # two runs, each a fresh Python process (slow on a busy machine)
         )
-        try:
-            wait_for_queue_daemon(instance)  # the runs are queued, not executed
+        # (not the debate module: track core is Claude only, these agents are not)
+        return await orch.execute(
+            goal="Improve test coverage in the sdk module", tracks=[Track.QA, Track.DEVELOPER]
+        )
 
-            async def go():
-                orch = await AutonomousOrchestrator.create(
-                    repo=str(repo),
-                    instance=instance,
-                    cycle_config={
-                        "agents": [ta.spec(ta.GoodAgent)],
-                        "test_command": FAST_TEST_COMMAND,
-                    },
-                    timeout_s=600,  # two runs, each a fresh Python process (slow on a busy machine)
-                )
-                # (not the debate module: track core is Claude only, these agents are not)
-                return await orch.execute(
-                    goal="Improve test coverage in the sdk module",
-                    tracks=[Track.QA, Track.DEVELOPER],
-                )
-
-            result = asyncio.run(go())
-        finally:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+    with launch_home.daemon():
+        wait_for_queue_daemon(instance)  # the runs are queued, not executed
+        result = asyncio.run(go())
 
     first, second = result.subtasks
     assert (first.track, second.track) == (Track.QA, Track.DEVELOPER)
@@ -102,10 +83,9 @@ def test_two_subtasks_run_in_dependency_order_and_commit(tmp_path: Path) -> None
         [f"nomic/qa/{first.cycle_id}", f"nomic/developer/{second.cycle_id}"]
     )
     assert all(r.commit_sha for r in result.subtasks)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        for r in result.subtasks:  # queued, then started by the daemon
-            assert r.run_id is not None
-            assert instance.all_logs(r.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
+    for r in result.subtasks:  # queued, then started by the daemon
+        assert r.run_id is not None
+        assert instance.all_logs(r.run_id, of_type=dg.DagsterEventType.RUN_ENQUEUED)
 
 
 def test_failed_dependency_skips_dependants(tmp_path: Path) -> None:
