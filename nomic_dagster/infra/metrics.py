@@ -3,7 +3,7 @@
 Every metric here is updated by one listener on `nomic_dagster.core.events.bus`, so the plain
 driver (`run_cycle`, the CLIs), the state machine and Dagster runs all count the same
 way — there are no `track_*` helpers for callers to forget (aragora-nomic §26 W18).
-Importing this module subscribes the listener (`install()`, idempotent); `cycle.py`
+Importing this module subscribes the listener (`install()`, idempotent); `cycle/steps.py`
 imports it, so any process that runs a cycle counts it.
 
 The metrics live in their own `CollectorRegistry` (`REGISTRY`), never the global one.
